@@ -1,0 +1,76 @@
+"""Loading pipelines: diffusers ids, local ``save_pretrained`` folders, or the built-in tiny presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
+
+from .tiny import TINY_PRESETS, build_tiny
+
+FAMILIES = {"flux": FluxPipeline, "sd3": StableDiffusion3Pipeline}
+OFFLOAD_MODES = ("none", "model", "sequential")
+
+
+def family_of(pipe: DiffusionPipeline) -> str:
+    """``"flux"`` or ``"sd3"`` for a loaded pipeline."""
+    for family, cls in FAMILIES.items():
+        if isinstance(pipe, cls):
+            return family
+    raise ValueError(f"unsupported pipeline {type(pipe).__name__}: expected a FluxPipeline or StableDiffusion3Pipeline")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pipeline(
+    model: str,
+    family: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    offload: str = "none",
+) -> DiffusionPipeline:
+    """Load ``model`` and put it on ``device`` (bf16 on GPU, fp32 on CPU unless ``dtype`` is given).
+
+    Args:
+        model: a tiny preset (``tiny-flux``, ``tiny-sd3``, ``tiny-sd35``), a diffusers model id, or a local
+            folder in ``save_pretrained`` layout.
+        family: ``"flux"`` or ``"sd3"``: fail early when the model is of the other family.
+        offload: ``"none"``, ``"model"`` (``enable_model_cpu_offload``) or ``"sequential"``
+            (``enable_sequential_cpu_offload``); both need a GPU.
+    """
+    if offload not in OFFLOAD_MODES:
+        raise ValueError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if model in TINY_PRESETS:
+        pipe = build_tiny(model)
+        if dtype != torch.float32:
+            pipe.to(dtype=dtype)
+    elif model.startswith("tiny-"):
+        raise ValueError(f"--model {model!r}: unknown tiny preset; choose one of {', '.join(TINY_PRESETS)}")
+    else:
+        folder = Path(model).expanduser()
+        if folder.exists() and not (folder / "model_index.json").exists():
+            raise FileNotFoundError(f"--model {model}: folder has no model_index.json (not a diffusers save_pretrained folder)")
+        pipe = DiffusionPipeline.from_pretrained(str(folder) if folder.exists() else model, torch_dtype=dtype)
+    if family is not None and family_of(pipe) != family:
+        raise ValueError(f"--model {model} is a {type(pipe).__name__}, but this script runs {FAMILIES[family].__name__}")
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def execution_device(pipe: DiffusionPipeline) -> torch.device:
+    """The device the pipeline computes on (respects CPU offload)."""
+    return pipe._execution_device
