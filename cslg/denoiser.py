@@ -46,6 +46,8 @@ class Conditioning:
 class Denoiser:
     """Family-independent part: the branched block loop. Subclasses say how to embed and un-embed."""
 
+    family: str
+
     def __init__(self, pipe: DiffusionPipeline):
         self.pipe = pipe
         self.transformer = pipe.transformer
@@ -130,10 +132,6 @@ class Denoiser:
     def decode(self, latents: torch.Tensor, height: int, width: int, output_type: str = "pil"):
         raise NotImplementedError
 
-    def image_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The image-token part of a block's ``hidden_states`` output (all blocks return it separately)."""
-        return hidden
-
 
 def _select(cond: Conditioning, rows: list[int]) -> Conditioning:
     return Conditioning(cond.prompt_embeds[rows], cond.pooled[rows], cond.text_ids)
@@ -145,6 +143,8 @@ def _generator(seed: int) -> torch.Generator:
 
 class SD3Denoiser(Denoiser):
     """StableDiffusion3Pipeline (SD3 / SD3.5): sequence order [image, text]."""
+
+    family = "sd3"
 
     def encode(self, prompts: Sequence[str], max_sequence_length: int) -> Conditioning:
         embeds, _, pooled, _ = self.pipe.encode_prompt(
@@ -196,6 +196,8 @@ class SD3Denoiser(Denoiser):
 class FluxDenoiser(Denoiser):
     """FluxPipeline (FLUX.1-dev / -schnell): sequence order [text, image]; ``guidance`` is the distilled
     guidance embedding (ignored by models without one, such as schnell)."""
+
+    family = "flux"
 
     def __init__(self, pipe: DiffusionPipeline, guidance: float = 3.5):
         super().__init__(pipe)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from pathlib import Path
 from typing import Protocol, Union
 
@@ -13,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 # Files easyocr needs for English: the CRAFT text detector and the English recogniser.
 EASYOCR_WEIGHTS = ("craft_mlt_25k.pth", "english_g2.pth")
 
-# An image file path, a PIL image, or an RGB (or greyscale) uint8 array.
+# An image file path, a PIL image, or an RGB(A) or greyscale uint8 array.
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
@@ -51,12 +52,18 @@ class EasyOCREngine:
         self._reader = _easyocr_reader(str(model_dir.resolve()), bool(gpu))
 
     def read(self, image: ImageInput) -> str:
-        """Paths go to easyocr unchanged (it loads them itself); PIL images are passed as RGB arrays."""
+        """Paths go to easyocr unchanged (it loads them itself, as the paper's eval.py did); PIL
+        images and RGB arrays are handed over in the BGR order easyocr assumes for arrays."""
         if isinstance(image, (str, os.PathLike)):
             image = str(image)
-        elif isinstance(image, Image.Image):
-            image = np.asarray(image.convert("RGB"))
-        return " ".join(self._reader.readtext(image, detail=0))
+        else:
+            if isinstance(image, Image.Image):
+                image = np.asarray(image.convert("RGB"))
+            if image.ndim == 3:
+                image = np.ascontiguousarray(image[..., 2::-1])
+        with warnings.catch_warnings():  # easyocr asks for pinned memory even on CPU, warning per image
+            warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true", category=UserWarning)
+            return " ".join(self._reader.readtext(image, detail=0))
 
 
 def _default_easyocr_dir() -> Path:
@@ -73,7 +80,10 @@ def _default_easyocr_dir() -> Path:
 def _easyocr_reader(model_dir: str, gpu: bool):
     import easyocr
 
-    return easyocr.Reader(["en"], gpu=gpu, model_storage_directory=model_dir, download_enabled=False, verbose=False)
+    with warnings.catch_warnings():  # easyocr quantises its CPU model with deprecated torch APIs
+        warnings.filterwarnings("ignore", message=r"(?s).*quantiz", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"(?s).*quantiz", category=UserWarning)
+        return easyocr.Reader(["en"], gpu=gpu, model_storage_directory=model_dir, download_enabled=False, verbose=False)
 
 
 # Engine name -> class; every class takes ``gpu`` (None: use CUDA when available).

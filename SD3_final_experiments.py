@@ -1,0 +1,40 @@
+"""Step 3 (Stable Diffusion 3 / 3.5): generate the comparison grid none / CFG / SLG / CSLG (and the
+baselines S-CFG and ConceptDiffusion) into a run folder that eval.py scores.
+
+    python SD3_final_experiments.py --layers-from outputs/analysis/layers.json --top-k 2 --out outputs/sd3_run
+"""
+
+from cslg.cli import grid_parser, run_grid_command
+
+MODEL = "stabilityai/stable-diffusion-3-medium-diffusers"
+PROMPTS = "prompt_datasets/text_eval_prompts.json"
+OUT = "outputs/sd3_run"
+SEEDS = [0, 42, 123, 456, 789]
+STEPS = 28
+HEIGHT = 1024
+WIDTH = 1024
+MAX_SEQUENCE_LENGTH = 256
+METHODS = ["none", "cfg", "slg", "cslg"]
+CFG_SCALES = [7.0]
+CSLG_SCALES = [2.8]
+LAYERS = [9, 12]  # the paper's SD3-medium layers (upstream indices corrected by -5 are 4 and 7; see README)
+LAYER_COMBINATIONS = "all"  # [9], [12], [9, 12] as upstream
+TOP_K = 2
+CSLG_START = 0.01  # the window upstream used with diffusers' SLG
+CSLG_STOP = 0.2
+NEGATIVE_PROMPT = ""
+
+
+def main(argv=None):
+    args = grid_parser(
+        __doc__, model=MODEL, prompts=PROMPTS, out=OUT, seeds=SEEDS, steps=STEPS, height=HEIGHT, width=WIDTH,
+        max_sequence_length=MAX_SEQUENCE_LENGTH, methods=METHODS, cfg_scales=CFG_SCALES, cslg_scales=CSLG_SCALES,
+        top_k=TOP_K, layer_combinations=LAYER_COMBINATIONS, cslg_start=CSLG_START, cslg_stop=CSLG_STOP,
+        guidance=None, guidance_help="SD3's guidance_scale (= CFG scale, shorthand for --cfg-scales G)",
+        negative_prompt=NEGATIVE_PROMPT,
+    ).parse_args(argv)
+    return run_grid_command(args, family="sd3", default_layers=LAYERS)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Capture files (step 1 -> 2): safetensors with JSON-encoded metadata, never pickle.
+
+Tensors: ``cosine`` [pairs, steps, layers] (float32) and, when raw activations were saved,
+``activations.<layer>`` [pairs, saved_steps, 2, image_tokens, dim] with ``activation_steps`` [saved_steps].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .io import atomic_write
+
+FORMAT = "cslg-capture-1"
+
+
+@dataclass
+class Capture:
+    """A loaded capture file: named tensors plus decoded metadata."""
+
+    path: Path
+    cosine: torch.Tensor
+    metadata: dict
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    activation_steps: torch.Tensor | None = None
+
+    @property
+    def layer_names(self) -> list[str]:
+        return self.metadata["layer_names"]
+
+    @property
+    def model(self) -> str:
+        return self.metadata["model"]
+
+
+def save_capture(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
+    """Write tensors and metadata (each value JSON-encoded) atomically."""
+    meta = {key: json.dumps(value) for key, value in {"format": FORMAT, **metadata}.items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """Decoded metadata of a capture file (reads no tensor data)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"capture file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    meta = {key: json.loads(value) for key, value in raw.items()}
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a CSLG capture file (metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r})")
+    return meta
+
+
+def load_capture(path: str | os.PathLike) -> Capture:
+    """Load a capture file written by the LayerExperiment scripts."""
+    meta = read_metadata(path)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    if "cosine" not in tensors:
+        raise ValueError(f"{path}: capture file has no 'cosine' tensor")
+    prefix = "activations."
+    return Capture(
+        path=Path(path),
+        cosine=tensors["cosine"],
+        metadata=meta,
+        activations={k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+        activation_steps=tensors.get("activation_steps"),
+    )

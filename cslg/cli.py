@@ -1,0 +1,206 @@
+"""Shared command-line plumbing of the FLUX and SD3 scripts (the scripts keep their own constants)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from .capture import TRAJECTORIES, CaptureConfig, resolve_steps, run_capture
+from .denoiser import make_denoiser
+from .grid import LAYER_COMBINATIONS, METHODS, GridSettings, ImageSettings, build_methods, enumerate_groups, parse_shard, run_grid
+from .guidance import SLG_LAYERS, SLG_START, SLG_STOP, SkipLayerGuidance
+from .layers import LayerError, parse_layer_list, resolve_layers
+from .models import OFFLOAD_MODES, load_pipeline
+from .prompts import load_generation_prompts, load_pairs
+
+
+def int_list(text: str) -> list[int]:
+    """``"0,42 123"`` -> ``[0, 42, 123]`` (argparse type)."""
+    try:
+        return [int(tok) for tok in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas or spaces, got {text!r}") from None
+
+
+def add_model_args(p: argparse.ArgumentParser, model: str) -> None:
+    p.add_argument("--model", default=model, help="diffusers id, local save_pretrained folder, or tiny-flux/tiny-sd3/tiny-sd35")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--offload", choices=OFFLOAD_MODES, default="none", help="model / sequential CPU offload (GPU only)")
+
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def load_from_args(args: argparse.Namespace, family: str):
+    return load_pipeline(args.model, family, args.device, DTYPES.get(args.dtype), args.offload)
+
+
+def capture_parser(doc: str, **defaults) -> argparse.ArgumentParser:
+    """Flags of the LayerExperiment scripts; ``defaults`` are the script's constants."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p, defaults["model"])
+    p.add_argument("--prompts", default=defaults["prompts"], help="JSON pair file (no_text/with_text or negative/positive)")
+    p.add_argument("--pairs", type=int, default=defaults["pairs"], help="use the first N pairs")
+    p.add_argument("--steps", type=int, default=defaults["steps"], help="denoising steps (fixed for every pair)")
+    p.add_argument("--seed", type=int, default=defaults["seed"], help="noise seed, the same for both prompts of a pair")
+    p.add_argument("--height", type=int, default=defaults["height"])
+    p.add_argument("--width", type=int, default=defaults["width"])
+    p.add_argument("--guidance", type=float, default=defaults["guidance"], help=defaults["guidance_help"])
+    p.add_argument("--max-sequence-length", type=int, default=defaults["max_sequence_length"])
+    p.add_argument("--trajectory", choices=TRAJECTORIES, default=defaults["trajectory"],
+                   help="independent: each prompt its own trajectory from the same noise (paper); "
+                        "shared: both prompts on the first prompt's trajectory")
+    p.add_argument("--save-activations", default="", metavar="LAYERS",
+                   help="also save raw image-token outputs of these layers, e.g. '5,s12'")
+    p.add_argument("--save-steps", type=int_list, default=[-1],
+                   help="steps at which --save-activations saves (negative counts from the end; default: last)")
+    p.add_argument("--out", default=defaults["out"], help="output .safetensors file")
+    return p
+
+
+def run_capture_command(args: argparse.Namespace, family: str) -> Path:
+    """Validate the flags, load the model and pairs, capture, and print where the file is."""
+    for flag in ("pairs", "steps", "height", "width", "max_sequence_length"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    pairs = load_pairs(args.prompts, limit=args.pairs)
+    pipe = load_from_args(args, family)
+    denoiser = make_denoiser(pipe, guidance=args.guidance)
+    try:
+        save_layers = resolve_layers(pipe.transformer, parse_layer_list(args.save_activations))
+    except LayerError as e:
+        raise SystemExit(f"--save-activations: {e}") from None
+    config = CaptureConfig(
+        model=args.model,
+        prompts_file=str(args.prompts),
+        pairs=len(pairs),
+        steps=args.steps,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+        guidance=args.guidance,
+        max_sequence_length=args.max_sequence_length,
+        trajectory=args.trajectory,
+        save_layers=tuple(save_layers),
+        save_steps=resolve_steps(args.save_steps, args.steps) if save_layers else (),
+    )
+    start = time.perf_counter()
+    out = run_capture(denoiser, pairs, config, args.out)
+    print(f"captured {len(pairs)} pairs x {args.steps} steps x {len(denoiser.blocks)} layers "
+          f"in {time.perf_counter() - start:.1f}s -> {out}")
+    print(f"inspect with: python -m cslg.inspect {out}")
+    return out
+
+
+def float_list(text: str) -> list[float]:
+    """``"5,7.5 9"`` -> ``[5.0, 7.5, 9.0]`` (argparse type)."""
+    try:
+        return [float(tok) for tok in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas or spaces, got {text!r}") from None
+
+
+def grid_parser(doc: str, **d) -> argparse.ArgumentParser:
+    """Flags of the final-experiment scripts; ``d`` holds the script's constants."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(p, d["model"])
+    p.add_argument("--prompts", default=d["prompts"], help="generation prompt file (JSON)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--out", default=d["out"], help="run folder")
+    p.add_argument("--seeds", type=int_list, default=d["seeds"], help="e.g. '0,42,123'")
+    p.add_argument("--steps", type=int, default=d["steps"])
+    p.add_argument("--height", type=int, default=d["height"])
+    p.add_argument("--width", type=int, default=d["width"])
+    p.add_argument("--max-sequence-length", type=int, default=d["max_sequence_length"])
+    p.add_argument("--methods", nargs="+", default=d["methods"], help=f"any of {', '.join(METHODS)}")
+    p.add_argument("--cfg-scales", type=float_list, default=d["cfg_scales"], help="CFG scales w (all CFG-based methods)")
+    p.add_argument("--cslg-scales", type=float_list, default=d["cslg_scales"], help="skip-guidance scales s for cslg")
+    p.add_argument("--layers", nargs="+", default=None, help="layers to skip for cslg, e.g. 9 12 or 5,s12")
+    p.add_argument("--layers-from", default=None, metavar="LAYERS_JSON", help="take layers from visualize.py's layers.json")
+    p.add_argument("--top-k", type=int, default=d["top_k"], help="with --layers-from: how many top-ranked layers")
+    p.add_argument("--layer-weights", type=float_list, default=None, help="per-layer weights (weighted multi-layer skip)")
+    p.add_argument("--layer-combinations", choices=LAYER_COMBINATIONS, default=d["layer_combinations"],
+                   help="given: skip the layers together; all: every non-empty subset")
+    p.add_argument("--cslg-start", type=float, default=d["cslg_start"], help="cslg window start (fraction of steps)")
+    p.add_argument("--cslg-stop", type=float, default=d["cslg_stop"], help="cslg window stop (fraction of steps)")
+    p.add_argument("--slg-layers", nargs="+", default=list(SLG_LAYERS), help="slg (diffusers SLG) layers")
+    p.add_argument("--slg-start", type=float, default=SLG_START, help="slg (diffusers SLG) window start")
+    p.add_argument("--slg-stop", type=float, default=SLG_STOP, help="slg (diffusers SLG) window stop")
+    p.add_argument("--guidance", type=float, default=d["guidance"], help=d["guidance_help"])
+    p.add_argument("--negative-prompt", default=d["negative_prompt"], help="negative prompt of the unconditional pass")
+    p.add_argument("--shard", default=None, help="i/n: run shard i of n (default: from accelerate / SLURM env, else 0/1)")
+    return p
+
+
+def read_layers_json(path: str, top_k: int) -> list[str]:
+    """The ``top_k`` best-ranked layers of a ``layers.json`` written by visualize.py."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        ranking = [row["layer"] for row in data["ranking"]]
+    except FileNotFoundError:
+        raise SystemExit(f"--layers-from: file not found: {path}") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise SystemExit(f"--layers-from: {path} is not a layers.json written by visualize.py ({e!r})") from None
+    if top_k < 1:
+        raise SystemExit(f"--top-k must be at least 1, got {top_k}")
+    return ranking[:top_k]
+
+
+def run_grid_command(args: argparse.Namespace, family: str, default_layers: list) -> Path:
+    """Validate the flags, build the grid, generate this shard's images, and print where they are."""
+    for flag in ("steps", "height", "width", "max_sequence_length"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if not args.seeds:
+        raise SystemExit("--seeds: give at least one seed")
+    try:
+        shard = parse_shard(args.shard)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    prompts = load_generation_prompts(args.prompts, limit=args.limit)
+    if args.layers is not None:
+        layers = parse_layer_list(args.layers)
+    elif args.layers_from is not None:
+        layers = read_layers_json(args.layers_from, args.top_k)
+    else:
+        layers = [str(x) for x in default_layers]
+    if family == "sd3" and args.guidance is not None:
+        args.cfg_scales = [args.guidance]  # SD3's "guidance_scale" is the CFG scale, as in diffusers
+    device = args.device
+    if device is None and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        device = f"cuda:{os.environ['LOCAL_RANK']}"  # one process per GPU under accelerate launch
+    args.device = device
+    pipe = load_from_args(args, family)
+    try:
+        layers = resolve_layers(pipe.transformer, layers) if "cslg" in args.methods else layers
+        settings = GridSettings(
+            methods=tuple(args.methods), cfg_scales=tuple(args.cfg_scales), cslg_scales=tuple(args.cslg_scales),
+            layers=tuple(layers), layer_combinations=args.layer_combinations,
+            layer_weights=tuple(args.layer_weights) if args.layer_weights else None,
+            cslg_start=args.cslg_start, cslg_stop=args.cslg_stop, slg_layers=tuple(parse_layer_list(args.slg_layers)),
+            slg_start=args.slg_start, slg_stop=args.slg_stop,
+        )
+        methods = build_methods(settings)
+        for method in methods:
+            if isinstance(method, SkipLayerGuidance):
+                resolve_layers(pipe.transformer, method.layers)
+    except (LayerError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    image_settings = ImageSettings(
+        steps=args.steps, height=args.height, width=args.width, max_sequence_length=args.max_sequence_length,
+        negative_prompt=args.negative_prompt, guidance=args.guidance if family == "flux" else None,
+    )
+    denoiser = make_denoiser(pipe, guidance=args.guidance if family == "flux" else 0.0)
+    groups = enumerate_groups(prompts, args.seeds, methods)
+    print(f"grid: {len(prompts)} prompts x {len(args.seeds)} seeds x {len(methods)} method settings "
+          f"= {len(prompts) * len(args.seeds) * len(methods)} images; shard {shard[0]}/{shard[1]}")
+    manifest = run_grid(denoiser, groups, image_settings, args.out, args.model, shard)
+    print(f"run folder: {args.out}\n  manifest: {manifest}\n  contact sheets: {Path(args.out) / 'contact_sheets'}")
+    print(f"score it with: python eval.py --run {args.out}")
+    return manifest

@@ -1,0 +1,480 @@
+"""Step 4: OCR scoring of generated images, with tables and plots.
+
+Input: a run folder's ``manifest.jsonl`` (see ``load_manifest``) and its images, or a plain
+folder of images plus a generation prompt file (see ``records_from_images``). ``evaluate``
+writes to its output folder:
+
+- ``per_image.csv``: one row per image: image, model, method, seed, setting, the params as
+  ``param.<key>`` columns, prompt, expected text (joined by `` | ``), OCR engine and text,
+  every metric of ``cslg.metrics.METRICS``, and ``error`` (empty when the image was scored).
+- ``summary.csv``: one row per model, method and setting (the params minus per-image ones
+  such as the seed): ``n`` scored images, ``n_errors``, and ``<metric>_mean``, ``_lo``,
+  ``_hi`` (mean and 95% bootstrap CI over the scored images).
+- ``per_prompt.csv``: mean ocr_similarity per prompt (rows) and method/setting (columns).
+- ``methods_bar.png``: ocr_similarity and word_f1 per method/setting with CI error bars.
+- ``heatmap_cfg_x_cslg.png``: mean ocr_similarity over cfg_scale x cslg_scale, drawn when both
+  params are present and each takes several values.
+
+OCR is resumable: an image that already has an error-free row from the same engine in
+``per_image.csv`` keeps its OCR text (metrics are recomputed) unless ``force``; the file is
+rewritten atomically every ``SAVE_EVERY`` images and when the run stops. A missing or
+unreadable image, or a prompt without expected text, gives an error row and the run goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+from tqdm import tqdm
+
+from cslg.io import atomic_write, read_jsonl
+from cslg.metrics import METRICS, bootstrap_ci, score
+from cslg.ocr import OCREngine
+from cslg.prompts import load_generation_prompts
+from cslg.text import extract_quoted, normalize_text, prompt_slug
+
+MANIFEST = "manifest.jsonl"
+PER_IMAGE_CSV = "per_image.csv"
+SUMMARY_CSV = "summary.csv"
+PER_PROMPT_CSV = "per_prompt.csv"
+METHODS_BAR_PNG = "methods_bar.png"
+HEATMAP_PNG = "heatmap_cfg_x_cslg.png"
+
+REQUIRED_KEYS = ("image", "prompt", "method")
+# Params that vary per image, not per setting (matched on the last component of a flattened key).
+PER_IMAGE_PARAMS = frozenset({"seed", "index", "prompt_index", "prompt", "image", "expected_text"})
+BAR_METRICS = ("ocr_similarity", "word_f1")
+HEATMAP_ROWS, HEATMAP_COLS = "cfg_scale", "cslg_scale"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SAVE_EVERY = 10
+NO_EXPECTED_TEXT = "no expected text: the prompt quotes nothing and the manifest gives no expected_text"
+MAPPING_RULE = (
+    "an image maps to a prompt when its path below the folder (without extension) contains "
+    "prompt_slug(prompt), or else when its file name starts with the 0-based prompt index "
+    "followed by '_' or nothing (0003_cslg.png, 12.png)"
+)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def load_manifest(run_dir: str | os.PathLike) -> list[dict]:
+    """The records of ``<run_dir>/manifest.jsonl``; for an image listed several times (shards
+    appending to one manifest) the last record wins."""
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest at {path}: a run folder needs manifest.jsonl (one JSON object per image)")
+    records: dict[str, dict] = {}
+    for lineno, record in read_jsonl(path):
+        _check_record(record, f"{path}: line {lineno}")
+        records[record["image"]] = record
+    if not records:
+        raise ValueError(f"{path} lists no images")
+    return list(records.values())
+
+
+def _check_record(record: dict, where: str) -> None:
+    missing = [key for key in REQUIRED_KEYS if key not in record]
+    if missing:
+        raise ValueError(f"{where} lacks the key(s) {', '.join(missing)}")
+    for key in REQUIRED_KEYS:
+        if not isinstance(record[key], str):
+            raise ValueError(f"{where}: {key!r} must be a string")
+    expected = record.get("expected_text")
+    if expected is not None and not (isinstance(expected, list) and all(isinstance(t, str) for t in expected)):
+        raise ValueError(f"{where}: 'expected_text' must be a list of strings")
+    if not isinstance(record.get("params", {}), dict):
+        raise ValueError(f"{where}: 'params' must be an object")
+
+
+def records_from_images(
+    images_dir: str | os.PathLike, prompts_file: str | os.PathLike, exclude: Iterable[str | os.PathLike] = ()
+) -> list[dict]:
+    """Manifest-like records for a plain folder of images (searched recursively, skipping
+    ``exclude`` folders and hidden files), following ``MAPPING_RULE``.
+
+    The method is the image's sub-folder (the folder's own name for top-level images), the
+    seed is read from ``seed<N>`` in the file name (None without it), params are empty.
+    An image that maps to no prompt is an error.
+    """
+    images_dir = Path(images_dir)
+    prompts = load_generation_prompts(prompts_file)
+    slugs: dict[str, int] = {}
+    for index, prompt in enumerate(prompts):
+        slugs.setdefault(prompt_slug(prompt.prompt), index)
+    files = _image_files(images_dir, exclude)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {images_dir}")
+    records, unmapped = [], []
+    for path in files:
+        rel = path.relative_to(images_dir)
+        index = _prompt_index(rel, slugs, len(prompts))
+        if index is None:
+            unmapped.append(rel.as_posix())
+            continue
+        seed = re.search(r"seed[_-]?(\d+)", rel.stem)
+        record = {
+            "image": rel.as_posix(),
+            "prompt": prompts[index].prompt,
+            "method": rel.parent.as_posix() if rel.parent != Path(".") else images_dir.resolve().name,
+            "seed": int(seed[1]) if seed else None,
+            "params": {},
+            "model": "",
+        }
+        if prompts[index].expected_text is not None:
+            record["expected_text"] = list(prompts[index].expected_text)
+        records.append(record)
+    if unmapped:
+        shown = ", ".join(unmapped[:5]) + (", ..." if len(unmapped) > 5 else "")
+        raise ValueError(
+            f"{len(unmapped)} image(s) in {images_dir} match no prompt of {prompts_file} ({shown}); {MAPPING_RULE}"
+        )
+    return records
+
+
+def _image_files(images_dir: Path, exclude: Iterable[str | os.PathLike]) -> list[Path]:
+    excluded = [Path(e).resolve() for e in exclude]
+    return sorted(
+        path
+        for path in images_dir.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        and path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(images_dir).parts)
+        and not any(path.resolve().is_relative_to(e) for e in excluded)
+    )
+
+
+def _prompt_index(rel: Path, slugs: dict[str, int], n_prompts: int) -> int | None:
+    """The prompt an image maps to under ``MAPPING_RULE``, or None."""
+    name = rel.with_suffix("").as_posix()
+    hits = {index for slug, index in slugs.items() if slug in name}
+    if len(hits) > 1:
+        raise ValueError(f"{rel} contains the slugs of several prompts ({sorted(hits)})")
+    if hits:
+        return hits.pop()
+    match = re.match(r"(\d+)(?:_|$)", rel.stem)
+    return int(match[1]) if match and int(match[1]) < n_prompts else None
+
+
+# --------------------------------------------------------------------------- per-image rows
+
+
+def expected_text(record: dict) -> list[str]:
+    """The record's ``expected_text``, or the quoted strings of its prompt when absent; NFKC-normalised."""
+    given = record.get("expected_text")
+    texts = given if given is not None else extract_quoted(record["prompt"])
+    return [t for t in map(normalize_text, texts) if t]
+
+
+def flatten_params(params: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested params as ``{"a.b": value}``; lists and other non-scalars become JSON strings."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_params(value, f"{name}."))
+        elif value is None or isinstance(value, (str, int, float, bool)):
+            flat[name] = value
+        else:
+            flat[name] = json.dumps(value)
+    return flat
+
+
+def setting_params(flat_params: dict[str, Any]) -> dict[str, Any]:
+    """The flattened params that define a setting: all but ``PER_IMAGE_PARAMS``, sorted by key."""
+    return {k: v for k, v in sorted(flat_params.items()) if k.rsplit(".", 1)[-1] not in PER_IMAGE_PARAMS}
+
+
+def ocr_images(
+    records: Sequence[dict],
+    base_dir: str | os.PathLike,
+    per_image_csv: str | os.PathLike,
+    engine: OCREngine,
+    force: bool = False,
+    save_every: int = SAVE_EVERY,
+) -> list[dict]:
+    """OCR and score every record's image (paths relative to ``base_dir``), resuming from
+    ``per_image_csv`` (see the module docstring); returns the rows in record order."""
+    base_dir, per_image_csv = Path(base_dir), Path(per_image_csv)
+    cache = {} if force else _cached_ocr_texts(per_image_csv, engine.name)
+    param_keys = sorted({key for r in records for key in flatten_params(r.get("params") or {})})
+    columns = ["image", "model", "method", "seed", "setting", *[f"param.{k}" for k in param_keys]]
+    columns += ["prompt", "expected_text", "engine", "ocr_text", *METRICS, "error"]
+    rows: dict[str, dict] = {}
+    pending = []
+    for record in records:
+        expected = expected_text(record)
+        if not expected:
+            rows[record["image"]] = _row(record, expected, engine.name, error=NO_EXPECTED_TEXT)
+        elif record["image"] in cache:
+            rows[record["image"]] = _row(record, expected, engine.name, ocr_text=cache[record["image"]])
+        else:
+            pending.append((record, expected))
+
+    def save() -> None:
+        write_csv(per_image_csv, [rows[r["image"]] for r in records if r["image"] in rows], columns)
+
+    try:
+        for done, (record, expected) in enumerate(tqdm(pending, desc=f"OCR ({engine.name})", unit="image"), 1):
+            path = base_dir / record["image"]
+            problem = _image_problem(path)
+            if problem:
+                rows[record["image"]] = _row(record, expected, engine.name, error=problem)
+            else:
+                rows[record["image"]] = _row(record, expected, engine.name, ocr_text=engine.read(path))
+            if done % save_every == 0:
+                save()
+    finally:
+        save()
+    return [rows[r["image"]] for r in records]
+
+
+def _cached_ocr_texts(per_image_csv: Path, engine_name: str) -> dict[str, str]:
+    """Image -> OCR text of the error-free rows a previous run of ``engine_name`` wrote."""
+    if not per_image_csv.is_file():
+        return {}
+    with open(per_image_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    usable = [r for r in rows if r.get("image") and r.get("ocr_text") is not None and not r.get("error")]
+    return {r["image"]: r["ocr_text"] for r in usable if r.get("engine") == engine_name}
+
+
+def _image_problem(path: Path) -> str:
+    """Why ``path`` cannot be OCRed ('' when it can): missing, or not a decodable image."""
+    if not path.is_file():
+        return f"missing image {path}"
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        return f"unreadable image {path}: {e}"
+    return ""
+
+
+def _row(record: dict, expected: list[str], engine_name: str, ocr_text: str | None = None, error: str = "") -> dict:
+    """One per_image.csv row; metrics only when there is no error."""
+    params = flatten_params(record.get("params") or {})
+    row = {
+        "image": record["image"],
+        "model": record.get("model", ""),
+        "method": record["method"],
+        "seed": record.get("seed"),
+        "setting": ", ".join(f"{k}={v}" for k, v in setting_params(params).items()),
+        **{f"param.{k}": v for k, v in params.items()},
+        "prompt": record["prompt"],
+        "expected_text": " | ".join(expected),
+        "engine": engine_name,
+        "ocr_text": ocr_text,
+        "error": error,
+    }
+    if not error:
+        row.update(score(ocr_text, expected))
+    return row
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def summarize(rows: Sequence[dict], n_bootstrap: int = 1000, seed: int = 0) -> list[dict]:
+    """One summary.csv row per (model, method, setting), in order of first appearance."""
+    settings = {_group_key(row): _setting_of(row) for row in rows}
+    setting_keys = sorted({key for setting in settings.values() for key in setting})
+    summary = []
+    for key, members in _groups(rows).items():
+        scored = [r for r in members if not r["error"]]
+        out: dict[str, Any] = dict(zip(("model", "method", "setting"), key))
+        out.update({f"param.{k}": settings[key].get(k) for k in setting_keys})
+        out.update(n=len(scored), n_errors=len(members) - len(scored))
+        for metric in METRICS:
+            stats = bootstrap_ci([r[metric] for r in scored], n_bootstrap, seed)
+            out.update({f"{metric}_{stat}": round(v, 4) for stat, v in zip(("mean", "lo", "hi"), stats)})
+        summary.append(out)
+    return summary
+
+
+def per_prompt(rows: Sequence[dict]) -> list[dict]:
+    """One per_prompt.csv row per prompt: mean ocr_similarity under each method/setting label."""
+    labels = _labels(rows)
+    values: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        by_label = values.setdefault(row["prompt"], {label: [] for label in labels.values()})
+        if not row["error"]:
+            by_label[labels[_group_key(row)]].append(row["ocr_similarity"])
+    expected = {row["prompt"]: row["expected_text"] for row in rows}
+    return [
+        {
+            "prompt": prompt,
+            "expected_text": expected[prompt],
+            **{label: round(float(np.mean(v)), 4) if v else None for label, v in by_label.items()},
+        }
+        for prompt, by_label in values.items()
+    ]
+
+
+def format_summary(summary: Sequence[dict]) -> str:
+    """A short text table of the summary: n, errors, ocr_similarity with CI, word_f1."""
+    labels = _labels(summary)
+    width = max(len(label) for label in labels.values())
+    return "\n".join(
+        f"{labels[_group_key(s)]:<{width}}  n={s['n']:<4} errors={s['n_errors']:<3} "
+        f"ocr_similarity {s['ocr_similarity_mean']:.3f} [{s['ocr_similarity_lo']:.3f}, {s['ocr_similarity_hi']:.3f}]  "
+        f"word_f1 {s['word_f1_mean']:.3f}"
+        for s in summary
+    )
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str] | None = None) -> Path:
+    """Write ``rows`` atomically (columns: given, or the keys in order of first appearance);
+    None and NaN become empty cells."""
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+
+    def cell(value: Any) -> Any:
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows({k: cell(v) for k, v in row.items()} for row in rows)
+
+    return atomic_write(path, write)
+
+
+def _group_key(row: dict) -> tuple[str, str, str]:
+    return row["model"], row["method"], row["setting"]
+
+
+def _groups(rows: Iterable[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault(_group_key(row), []).append(row)
+    return groups
+
+
+def _labels(rows: Iterable[dict]) -> dict[tuple[str, str, str], str]:
+    """Group key -> display label ``[model: ]method[ (setting)]``; the model only when there are several."""
+    keys = list(dict.fromkeys(_group_key(row) for row in rows))
+    several_models = len({model for model, _, _ in keys}) > 1
+    return {
+        (model, method, setting): (f"{model}: " if several_models else "") + method + (f" ({setting})" if setting else "")
+        for model, method, setting in keys
+    }
+
+
+def _setting_of(row: dict) -> dict[str, Any]:
+    """The setting params of a per_image row (from its ``param.<key>`` columns)."""
+    return setting_params({k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.")})
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def plot_methods(summary: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Horizontal bars of ``BAR_METRICS`` per method/setting (first on top), error bars = 95% bootstrap CI."""
+    labels = [textwrap.fill(label, 45) for label in _labels(summary).values()]
+    y = np.arange(len(summary))
+    height = 0.8 / len(BAR_METRICS)
+    rows_of_text = max(sum(label.count("\n") + 1 for label in labels), len(summary) * len(BAR_METRICS))
+    fig = Figure(figsize=(8, 1.5 + 0.45 * rows_of_text), layout="constrained")
+    ax = fig.add_subplot()
+    for k, metric in enumerate(BAR_METRICS):
+        mean, lo, hi = (np.array([s[f"{metric}_{stat}"] for s in summary], dtype=float) for stat in ("mean", "lo", "hi"))
+        err = np.nan_to_num(np.clip([mean - lo, hi - mean], 0, None))
+        ax.barh(y + (k - (len(BAR_METRICS) - 1) / 2) * height, mean, height, xerr=err, capsize=3, label=metric)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("mean score, 95% bootstrap CI")
+    fig.legend(loc="outside upper center", ncol=len(BAR_METRICS))
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
+
+
+def plot_heatmap(rows: Sequence[dict], path: str | os.PathLike) -> bool:
+    """Mean ocr_similarity over cfg_scale (rows) x cslg_scale (columns) of the scored images
+    that have both params; drawn (returns True) only when each takes several values."""
+    points = [
+        (_as_float(r.get(f"param.{HEATMAP_ROWS}")), _as_float(r.get(f"param.{HEATMAP_COLS}")), r["ocr_similarity"])
+        for r in rows
+        if not r["error"]
+    ]
+    points = [p for p in points if p[0] is not None and p[1] is not None]
+    row_values, col_values = sorted({p[0] for p in points}), sorted({p[1] for p in points})
+    if len(row_values) < 2 or len(col_values) < 2:
+        return False
+    sums, counts = np.zeros((len(row_values), len(col_values))), np.zeros((len(row_values), len(col_values)))
+    for r, c, value in points:
+        sums[row_values.index(r), col_values.index(c)] += value
+        counts[row_values.index(r), col_values.index(c)] += 1
+    grid = np.divide(sums, counts, out=np.full_like(sums, np.nan), where=counts > 0)
+    fig = Figure(figsize=(1.1 * len(col_values) + 2.5, 0.8 * len(row_values) + 2), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(grid, origin="lower", vmin=0, vmax=1, cmap="viridis")
+    for (i, j), value in np.ndenumerate(grid):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.5 else "black")
+    ax.set_xticks(range(len(col_values)), [f"{v:g}" for v in col_values])
+    ax.set_yticks(range(len(row_values)), [f"{v:g}" for v in row_values])
+    ax.set_xlabel(HEATMAP_COLS)
+    ax.set_ylabel(HEATMAP_ROWS)
+    ax.set_title("mean OCR similarity")
+    fig.colorbar(image, ax=ax)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
+    return True
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+@dataclass
+class EvalResult:
+    """What ``evaluate`` computed: per-image rows, summary rows and the files written (name -> path)."""
+
+    rows: list[dict]
+    summary: list[dict]
+    files: dict[str, Path]
+
+
+def evaluate(
+    records: Sequence[dict],
+    base_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    engine: OCREngine,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    force: bool = False,
+) -> EvalResult:
+    """OCR, score and tabulate ``records`` (images relative to ``base_dir``) into ``out_dir``."""
+    out_dir = Path(out_dir)
+    rows = ocr_images(records, base_dir, out_dir / PER_IMAGE_CSV, engine, force=force)
+    summary = summarize(rows, n_bootstrap, seed)
+    files = {
+        "per_image": out_dir / PER_IMAGE_CSV,
+        "summary": write_csv(out_dir / SUMMARY_CSV, summary),
+        "per_prompt": write_csv(out_dir / PER_PROMPT_CSV, per_prompt(rows)),
+        "methods_bar": plot_methods(summary, out_dir / METHODS_BAR_PNG),
+    }
+    heatmap = out_dir / HEATMAP_PNG
+    if plot_heatmap(rows, heatmap):
+        files["heatmap"] = heatmap
+    else:
+        heatmap.unlink(missing_ok=True)  # a stale one from an earlier run would mislead
+    return EvalResult(rows, summary, files)

@@ -1,0 +1,255 @@
+"""The final-experiment grid (step 3): prompts x seeds x methods x scales x layer sets, written to a
+run folder that eval.py scores.
+
+Run folder::
+
+    <out>/manifest.jsonl                 one JSON object per image (merged from all shards)
+    <out>/manifests/shard-I-of-N.jsonl   what each shard wrote
+    <out>/images/<prompt-slug>/seed<S>_<method tag>.png
+    <out>/contact_sheets/<prompt-slug>_seed<S>.png
+
+The grid is split by (prompt, seed) groups, so every shard writes whole contact sheets. Reruns skip
+finished images; every file is written atomically, so an interruption loses at most the image in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+from .contact_sheet import contact_sheet
+from .denoiser import Denoiser
+from .guidance import SLG_LAYERS, SLG_SCALE, SLG_START, SLG_STOP, CFG, GuidanceMethod, NoGuidance, Request, SkipLayerGuidance
+from .io import append_jsonl, atomic_write, atomic_write_text, read_jsonl
+from .prompts import GenerationPrompt
+from .sampling import generate
+from .text import prompt_slug
+
+METHODS = ("none", "cfg", "slg", "cslg", "scfg", "concept")
+LAYER_COMBINATIONS = ("given", "all")
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    """Method settings of a grid; every method is built for every applicable scale / layer set."""
+
+    methods: tuple[str, ...]
+    cfg_scales: tuple[float, ...]
+    cslg_scales: tuple[float, ...]
+    layers: tuple[str, ...] = ()
+    layer_combinations: str = "given"
+    layer_weights: tuple[float, ...] | None = None
+    cslg_start: float = 0.0
+    cslg_stop: float = 1.0
+    slg_layers: tuple[str, ...] = SLG_LAYERS
+    slg_scale: float = SLG_SCALE
+    slg_start: float = SLG_START
+    slg_stop: float = SLG_STOP
+
+
+def layer_sets(layers: Sequence[str], combinations: str) -> list[tuple[str, ...]]:
+    """``given``: the layers as one set; ``all``: every non-empty subset (by size, then order)."""
+    if combinations == "given":
+        return [tuple(layers)]
+    if combinations == "all":
+        return [c for k in range(1, len(layers) + 1) for c in itertools.combinations(layers, k)]
+    raise ValueError(f"--layer-combinations must be one of {', '.join(LAYER_COMBINATIONS)}, got {combinations!r}")
+
+
+def check_scale(value: float, flag: str) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{flag}: scales must be finite and non-negative, got {value}")
+    return value
+
+
+def build_methods(s: GridSettings) -> list[GuidanceMethod]:
+    """Every method instance of the grid, in the order of ``s.methods``."""
+    for name in s.methods:
+        if name not in METHODS:
+            raise ValueError(f"--methods: unknown method {name!r}; choose from {', '.join(METHODS)}")
+    cfg_scales = [check_scale(w, "--cfg-scales") for w in s.cfg_scales]
+    cslg_scales = [check_scale(x, "--cslg-scales") for x in s.cslg_scales]
+    out: list[GuidanceMethod] = []
+    for name in s.methods:
+        if name == "none":
+            out.append(NoGuidance())
+        elif name == "cfg":
+            out += [CFG(w) for w in cfg_scales]
+        elif name == "slg":
+            out += [SkipLayerGuidance(s.slg_layers, s.slg_scale, w, s.slg_start, s.slg_stop, name="slg") for w in cfg_scales]
+        elif name == "cslg":
+            if not s.layers:
+                raise ValueError("cslg needs layers: set LAYERS, --layers or --layers-from")
+            if s.layer_weights is not None and s.layer_combinations != "given":
+                raise ValueError("--layer-weights applies to one layer set: use --layer-combinations given")
+            out += [
+                SkipLayerGuidance(layers, scale, w, s.cslg_start, s.cslg_stop, s.layer_weights)
+                for layers in layer_sets(s.layers, s.layer_combinations)
+                for w in cfg_scales
+                for scale in cslg_scales
+            ]
+        elif name == "scfg":
+            from .scfg import SCFG
+
+            out += [SCFG(cfg_scale=w) for w in cfg_scales]
+        elif name == "concept":
+            from .concept import ConceptDiffusion
+
+            out += [ConceptDiffusion(cfg_scale=w) for w in cfg_scales]
+    return out
+
+
+def method_tag(method: GuidanceMethod) -> str:
+    """Short, file-name-safe, readable and unique tag of a method and its settings."""
+    params = method.params()
+    readable = [method.name]
+    if "layers" in params:
+        readable.append("L" + "-".join(params["layers"]))
+    for key, short in (("cfg_scale", "w"), ("cslg_scale", "s")):
+        if key in params:
+            readable.append(f"{short}{params[key]:g}")
+    if params:  # the digest keeps tags unique when settings beyond the readable ones differ
+        readable.append(hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:6])
+    return "_".join(readable)
+
+
+def method_label(method: GuidanceMethod) -> str:
+    """Label of a method in contact sheets."""
+    params = method.params()
+    parts = [method.name]
+    if "layers" in params:
+        parts.append("[" + ",".join(params["layers"]) + "]")
+    if "cslg_scale" in params:
+        parts.append(f"s={params['cslg_scale']:g}")
+    if "cfg_scale" in params:
+        parts.append(f"w={params['cfg_scale']:g}")
+    return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class Job:
+    prompt_index: int
+    prompt: GenerationPrompt
+    seed: int
+    method: GuidanceMethod
+
+    @property
+    def image(self) -> str:
+        return f"images/{prompt_slug(self.prompt.prompt)}/seed{self.seed}_{method_tag(self.method)}.png"
+
+
+def enumerate_groups(
+    prompts: Sequence[GenerationPrompt], seeds: Sequence[int], methods: Sequence[GuidanceMethod]
+) -> list[list[Job]]:
+    """Jobs grouped by (prompt, seed), in prompt-then-seed order; each group holds every method."""
+    return [[Job(i, p, seed, m) for m in methods] for i, p in enumerate(prompts) for seed in seeds]
+
+
+def parse_shard(text: str | None, env: os._Environ | dict = os.environ) -> tuple[int, int]:
+    """``(index, count)`` from ``--shard i/n``, else from ``accelerate launch`` (RANK/WORLD_SIZE), else from a
+    SLURM array job (SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN of SLURM_ARRAY_TASK_COUNT), else ``(0, 1)``."""
+    if text:
+        try:
+            index, count = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    elif int(env.get("WORLD_SIZE", 1)) > 1:
+        index, count = int(env.get("RANK", 0)), int(env["WORLD_SIZE"])
+    elif "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        count = int(env["SLURM_ARRAY_TASK_COUNT"])
+    else:
+        return 0, 1
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard index {index} is out of range for {count} shards")
+    return index, count
+
+
+def shard_groups(groups: list[list[Job]], index: int, count: int) -> list[list[Job]]:
+    """Round-robin split: group ``g`` goes to shard ``g % count`` (disjoint and complete)."""
+    return groups[index::count]
+
+
+@dataclass(frozen=True)
+class ImageSettings:
+    """Per-image settings shared by the grid (recorded in every manifest entry's ``params``)."""
+
+    steps: int
+    height: int
+    width: int
+    max_sequence_length: int
+    negative_prompt: str = ""
+    guidance: float | None = None  # FLUX's distilled guidance embedding; None for SD3
+
+
+def manifest_record(job: Job, settings: ImageSettings, model: str) -> dict:
+    params = {
+        **job.method.params(),
+        "steps": settings.steps,
+        "height": settings.height,
+        "width": settings.width,
+        "max_sequence_length": settings.max_sequence_length,
+        "negative_prompt": settings.negative_prompt,
+    }
+    if settings.guidance is not None:
+        params["guidance"] = settings.guidance
+    record = {"image": job.image, "prompt": job.prompt.prompt, "method": job.method.name, "seed": job.seed,
+              "params": params, "model": model}
+    if job.prompt.expected_text is not None:
+        record["expected_text"] = list(job.prompt.expected_text)
+    if job.prompt.concepts is not None:
+        record["concepts"] = list(job.prompt.concepts)
+    return record
+
+
+def merge_manifests(out: Path) -> Path:
+    """Rewrite ``manifest.jsonl`` as the union of all shard manifests (one entry per image)."""
+    records: dict[str, dict] = {}
+    for shard_file in sorted((out / "manifests").glob("shard-*.jsonl")):
+        for _, record in read_jsonl(shard_file):
+            records[record["image"]] = record
+    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records.values())
+    return atomic_write_text(out / "manifest.jsonl", text)
+
+
+def run_grid(
+    denoiser: Denoiser,
+    groups: list[list[Job]],
+    settings: ImageSettings,
+    out: str | Path,
+    model: str,
+    shard: tuple[int, int] = (0, 1),
+    progress: bool = True,
+) -> Path:
+    """Generate this shard's groups into ``out``; returns the merged manifest path."""
+    out = Path(out)
+    mine = shard_groups(groups, *shard)
+    shard_manifest = out / "manifests" / f"shard-{shard[0]:03d}-of-{shard[1]:03d}.jsonl"
+    done = {r["image"] for _, r in read_jsonl(shard_manifest)} if shard_manifest.exists() else set()
+    bar = tqdm(total=sum(len(g) for g in mine), desc=f"images (shard {shard[0]}/{shard[1]})", disable=not progress)
+    for group in mine:
+        for job in group:
+            path = out / job.image
+            if not path.exists():
+                request = Request(job.prompt.prompt, settings.negative_prompt, job.prompt.concepts or ())
+                image = generate(denoiser, job.method, request, job.seed, settings.steps, settings.height,
+                                 settings.width, settings.max_sequence_length)
+                atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+            if job.image not in done:
+                append_jsonl(shard_manifest, manifest_record(job, settings, model))
+                done.add(job.image)
+            bar.update()
+        sheet = out / "contact_sheets" / f"{prompt_slug(group[0].prompt.prompt)}_seed{group[0].seed}.png"
+        if not sheet.exists():
+            contact_sheet([out / j.image for j in group], [method_label(j.method) for j in group],
+                          f"seed {group[0].seed}: {group[0].prompt.prompt}", sheet)
+    bar.close()
+    return merge_manifests(out)
