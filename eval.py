@@ -13,8 +13,9 @@ Re-running resumes: images already read are not OCRed again unless --force.
 
 With --images, an image maps to a prompt of --prompts when its path below DIR (without
 extension) contains prompt_slug(prompt), or else when its file name starts with the 0-based
-prompt index followed by '_' or nothing (0003_cslg.png, 12.png); sub-folders name the
-method and 'seed<N>' in a file name gives the seed. An image that maps to nothing is an error.
+prompt index followed by '_' or nothing (0003_cslg.png, 12.png). Sub-folders (other than
+slug-named ones) name the method, 'seed<N>' in a file name gives the seed. An image that maps
+to nothing is an error.
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--run", type=Path, metavar="DIR", help="run folder with manifest.jsonl and the images")
     source.add_argument("--images", type=Path, metavar="DIR", help="plain folder of images (needs --prompts)")
     parser.add_argument("--prompts", type=Path, metavar="FILE", help="generation prompt file for --images")
-    parser.add_argument("--out", type=Path, metavar="DIR", help=f"output folder (default: <run or images>/{OUT_SUBDIR})")
+    parser.add_argument("--out", type=Path, metavar="DIR", help=f"output folder (default: <run|images>/{OUT_SUBDIR})")
     parser.add_argument("--engine", choices=sorted(ENGINES), default=ENGINE, help="OCR engine")
     parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
                         help="run OCR on the GPU (default: when CUDA is available)")
-    parser.add_argument("--bootstrap", type=int, default=N_BOOTSTRAP, metavar="N", help="bootstrap resamples (0: no CIs)")
+    parser.add_argument("--bootstrap", type=int, default=N_BOOTSTRAP, metavar="N",
+                        help="bootstrap resamples (0: no CIs)")
     parser.add_argument("--seed", type=int, default=BOOTSTRAP_SEED, help="bootstrap seed")
     parser.add_argument("--force", action="store_true", help="OCR every image again, ignoring earlier results")
     args = parser.parse_args(argv)

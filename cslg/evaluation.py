@@ -8,9 +8,10 @@ writes to its output folder:
   ``param.<key>`` columns, prompt, expected text (joined by `` | ``), OCR engine and text,
   every metric of ``cslg.metrics.METRICS``, and ``error`` (empty when the image was scored).
 - ``summary.csv``: one row per model, method and setting (the params minus per-image ones
-  such as the seed): ``n`` scored images, ``n_errors``, and ``<metric>_mean``, ``_lo``,
-  ``_hi`` (mean and 95% bootstrap CI over the scored images).
-- ``per_prompt.csv``: mean ocr_similarity per prompt (rows) and method/setting (columns).
+  such as the seed): a short ``label`` (the method and the params that differ between its
+  settings), the setting's ``param.<key>`` columns, ``n`` scored images, ``n_errors``, and
+  ``<metric>_mean``, ``_lo``, ``_hi`` (mean and 95% bootstrap CI over the scored images).
+- ``per_prompt.csv``: mean ocr_similarity per prompt (rows) and method/setting label (columns).
 - ``methods_bar.png``: ocr_similarity and word_f1 per method/setting with CI error bars.
 - ``heatmap_cfg_x_cslg.png``: mean ocr_similarity over cfg_scale x cslg_scale, drawn when both
   params are present and each takes several values.
@@ -104,8 +105,9 @@ def records_from_images(
     """Manifest-like records for a plain folder of images (searched recursively, skipping
     ``exclude`` folders and hidden files), following ``MAPPING_RULE``.
 
-    The method is the image's sub-folder (the folder's own name for top-level images), the
-    seed is read from ``seed<N>`` in the file name (None without it), params are empty.
+    The method is the image's sub-folder path less any folder named by the prompt's slug (the
+    images folder's own name when nothing is left), the seed is read from ``seed<N>`` in the
+    file name (None without it), params are empty.
     An image that maps to no prompt is an error.
     """
     images_dir = Path(images_dir)
@@ -124,10 +126,11 @@ def records_from_images(
             unmapped.append(rel.as_posix())
             continue
         seed = re.search(r"seed[_-]?(\d+)", rel.stem)
+        folders = [part for part in rel.parent.parts if prompt_slug(prompts[index].prompt) not in part]
         record = {
             "image": rel.as_posix(),
             "prompt": prompts[index].prompt,
-            "method": rel.parent.as_posix() if rel.parent != Path(".") else images_dir.resolve().name,
+            "method": "/".join(folders) or images_dir.resolve().name,
             "seed": int(seed[1]) if seed else None,
             "params": {},
             "model": "",
@@ -290,10 +293,11 @@ def summarize(rows: Sequence[dict], n_bootstrap: int = 1000, seed: int = 0) -> l
     """One summary.csv row per (model, method, setting), in order of first appearance."""
     settings = {_group_key(row): _setting_of(row) for row in rows}
     setting_keys = sorted({key for setting in settings.values() for key in setting})
+    labels = _labels(rows)
     summary = []
     for key, members in _groups(rows).items():
         scored = [r for r in members if not r["error"]]
-        out: dict[str, Any] = dict(zip(("model", "method", "setting"), key))
+        out: dict[str, Any] = {"model": key[0], "method": key[1], "label": labels[key], "setting": key[2]}
         out.update({f"param.{k}": settings[key].get(k) for k in setting_keys})
         out.update(n=len(scored), n_errors=len(members) - len(scored))
         for metric in METRICS:
@@ -324,10 +328,9 @@ def per_prompt(rows: Sequence[dict]) -> list[dict]:
 
 def format_summary(summary: Sequence[dict]) -> str:
     """A short text table of the summary: n, errors, ocr_similarity with CI, word_f1."""
-    labels = _labels(summary)
-    width = max(len(label) for label in labels.values())
+    width = max(len(s["label"]) for s in summary)
     return "\n".join(
-        f"{labels[_group_key(s)]:<{width}}  n={s['n']:<4} errors={s['n_errors']:<3} "
+        f"{s['label']:<{width}}  n={s['n']:<4} errors={s['n_errors']:<3} "
         f"ocr_similarity {s['ocr_similarity_mean']:.3f} [{s['ocr_similarity_lo']:.3f}, {s['ocr_similarity_hi']:.3f}]  "
         f"word_f1 {s['word_f1_mean']:.3f}"
         for s in summary
@@ -364,13 +367,19 @@ def _groups(rows: Iterable[dict]) -> dict[tuple[str, str, str], list[dict]]:
 
 
 def _labels(rows: Iterable[dict]) -> dict[tuple[str, str, str], str]:
-    """Group key -> display label ``[model: ]method[ (setting)]``; the model only when there are several."""
-    keys = list(dict.fromkeys(_group_key(row) for row in rows))
-    several_models = len({model for model, _, _ in keys}) > 1
-    return {
-        (model, method, setting): (f"{model}: " if several_models else "") + method + (f" ({setting})" if setting else "")
-        for model, method, setting in keys
-    }
+    """Group key -> display label ``[model: ]method[ (params)]`` of per_image rows: the params shown
+    are those that differ between the settings of that model and method; the model only when
+    there are several."""
+    settings = {_group_key(row): _setting_of(row) for row in rows}
+    several_models = len({model for model, _, _ in settings}) > 1
+    labels = {}
+    for key, setting in settings.items():
+        model, method, _ = key
+        siblings = [other for (m, me, _), other in settings.items() if m == model and me == method]
+        varying = [f"{k}={v}" for k, v in setting.items() if any(other.get(k) != v for other in siblings)]
+        label = method + (f" ({', '.join(varying)})" if varying else "")
+        labels[key] = f"{model}: {label}" if several_models else label
+    return labels
 
 
 def _setting_of(row: dict) -> dict[str, Any]:
@@ -383,14 +392,14 @@ def _setting_of(row: dict) -> dict[str, Any]:
 
 def plot_methods(summary: Sequence[dict], path: str | os.PathLike) -> Path:
     """Horizontal bars of ``BAR_METRICS`` per method/setting (first on top), error bars = 95% bootstrap CI."""
-    labels = [textwrap.fill(label, 45) for label in _labels(summary).values()]
+    labels = [textwrap.fill(s["label"], 45) for s in summary]
     y = np.arange(len(summary))
     height = 0.8 / len(BAR_METRICS)
     rows_of_text = max(sum(label.count("\n") + 1 for label in labels), len(summary) * len(BAR_METRICS))
     fig = Figure(figsize=(8, 1.5 + 0.45 * rows_of_text), layout="constrained")
     ax = fig.add_subplot()
     for k, metric in enumerate(BAR_METRICS):
-        mean, lo, hi = (np.array([s[f"{metric}_{stat}"] for s in summary], dtype=float) for stat in ("mean", "lo", "hi"))
+        mean, lo, hi = (np.array([s[f"{metric}_{stat}"] for s in summary], float) for stat in ("mean", "lo", "hi"))
         err = np.nan_to_num(np.clip([mean - lo, hi - mean], 0, None))
         ax.barh(y + (k - (len(BAR_METRICS) - 1) / 2) * height, mean, height, xerr=err, capsize=3, label=metric)
     ax.set_yticks(y, labels)

@@ -121,7 +121,9 @@ def score(ocr_text: str, expected: Sequence[str]) -> dict[str, float]:
     return {name: metric(ocr_text, target) for name, metric in METRICS.items()}
 
 
-def bootstrap_ci(values: Sequence[float], n: int = 1000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: Sequence[float], n: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float, float]:
     """``(mean, lo, hi)``: the mean and the ``alpha/2`` and ``1 - alpha/2`` quantiles of the means
     of ``n`` resamples (with replacement, ``numpy.random.default_rng(seed)``).
 

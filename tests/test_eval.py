@@ -50,7 +50,7 @@ def write_manifest(run, records):
         append_jsonl(run / "manifest.jsonl", record)
 
 
-def make_run(run, text_for_method, methods=("cfg", "cslg"), seeds=(0, 1), missing=()):
+def make_run(run, text_for, methods=("cfg", "cslg"), seeds=(0, 1), missing=()):
     """A run folder: one rendered image per prompt x method x seed; ``missing`` images are left out."""
     for method in methods:
         for seed in seeds:
@@ -58,9 +58,10 @@ def make_run(run, text_for_method, methods=("cfg", "cslg"), seeds=(0, 1), missin
                 image = f"{method}/{prompt_slug(prompt)}_seed{seed}.png"
                 if image not in missing:
                     (run / method).mkdir(parents=True, exist_ok=True)
-                    render_text(text_for_method(method, prompt)).save(run / image)
-                params = {"cfg_scale": 7.0, "cslg_scale": 2.0 if method == "cslg" else 0.0, "layers": [9, 12], "seed": seed}
-                write_manifest(run, [{"image": image, "prompt": prompt, "method": method, "seed": seed, "params": params, "model": "tiny-sd3"}])
+                    render_text(text_for(method, prompt)).save(run / image)
+                params = {"cfg_scale": 7.0, "cslg_scale": 2.0 if method == "cslg" else 0.0, "layers": [9, 12]}
+                record = {"image": image, "prompt": prompt, "method": method, "seed": seed, "model": "tiny-sd3"}
+                write_manifest(run, [{**record, "params": {**params, "seed": seed}}])
 
 
 # --------------------------------------------------------------------------- manifest
@@ -142,7 +143,8 @@ def test_end_to_end_with_easyocr_then_resume(tmp_path, eval_script):
 
     per_prompt = read_csv(out / "per_prompt.csv")
     assert [row["prompt"] for row in per_prompt] == PROMPTS
-    assert float(per_prompt[0]["cfg (cfg_scale=7.0, cslg_scale=0.0, layers=[9, 12])"]) == pytest.approx(0.8, abs=0.05)
+    assert list(per_prompt[0]) == ["prompt", "expected_text", "cfg", "cslg"]  # one setting per method: no params
+    assert float(per_prompt[0]["cfg"]) == pytest.approx(0.8, abs=0.05)
 
     # A second run reads no image again (the missing one is retried but still missing) ...
     again = FakeEngine(name="easyocr")
@@ -151,7 +153,10 @@ def test_end_to_end_with_easyocr_then_resume(tmp_path, eval_script):
     assert [row["ocr_text"] for row in read_csv(out / "per_image.csv")] == [row["ocr_text"] for row in per_image]
     assert second.summary[0]["ocr_similarity_mean"] == pytest.approx(float(summary["cfg"]["ocr_similarity_mean"]))
     # ... a different engine or --force reads every image.
-    forced = FakeEngine(name="easyocr")
+    other = FakeEngine(name="other")
+    evaluate(load_manifest(run), run, out, other)
+    assert len(other.calls) == 7
+    forced = FakeEngine(name="other")
     evaluate(load_manifest(run), run, out, forced, force=True)
     assert len(forced.calls) == 7
 
@@ -192,11 +197,29 @@ def test_cfg_x_cslg_sweep_draws_a_heatmap(tmp_path):
         for cslg in (0.0, 1.0, 2.0):
             name = f"img_cfg{cfg}_cslg{cslg}.png"
             render_text("HI").save(tmp_path / name)
-            records.append({"image": name, "prompt": "a sign 'HI'", "method": "cslg", "params": {"cfg_scale": cfg, "cslg_scale": cslg}})
+            params = {"cfg_scale": cfg, "cslg_scale": cslg}
+            records.append({"image": name, "prompt": "a sign 'HI'", "method": "cslg", "params": params})
     write_manifest(tmp_path, records)
     result = evaluate(load_manifest(tmp_path), tmp_path, tmp_path / "eval", FakeEngine(reply=lambda path: "HI"))
     assert result.files["heatmap"].stat().st_size > 0
+    assert [s["label"] for s in result.summary][:2] == [
+        "cslg (cfg_scale=3.0, cslg_scale=0.0)",
+        "cslg (cfg_scale=3.0, cslg_scale=1.0)",
+    ]
     assert len(result.summary) == 6
+
+
+def test_labels_show_the_params_that_vary_within_a_method(tmp_path):
+    settings = [("cfg", {"cfg_scale": 7.0, "steps": 28}), ("cslg", {"cfg_scale": 7.0, "layers": [9], "steps": 28}),
+                ("cslg", {"cfg_scale": 7.0, "layers": [12], "steps": 28})]
+    records = []
+    for i, (method, params) in enumerate(settings):
+        render_text("HI").save(tmp_path / f"{i}.png")
+        records.append({"image": f"{i}.png", "prompt": "a sign 'HI'", "method": method, "params": params})
+    write_manifest(tmp_path, records)
+    result = evaluate(load_manifest(tmp_path), tmp_path, tmp_path / "eval", FakeEngine(reply=lambda path: "HI"))
+    assert [s["label"] for s in result.summary] == ["cfg", "cslg (layers=[9])", "cslg (layers=[12])"]
+    assert result.summary[1]["setting"] == "cfg_scale=7.0, layers=[9], steps=28"
 
 
 # --------------------------------------------------------------------------- --images mode
@@ -208,23 +231,27 @@ def test_images_mode_maps_files_to_prompts(tmp_path, eval_script, monkeypatch):
     prompts = ["a sign 'ZERO'", {"prompt": "a sign 'ONE'", "expected_text": ["UNO"]}, "a sign 'TWO'"]
     prompts_file.write_text(json.dumps(prompts))
     (images / "cfg").mkdir(parents=True)
+    (images / "slg" / prompt_slug(prompts[0])).mkdir(parents=True)
     render_text("ZERO").save(images / "0000_cslg.png")
     render_text("UNO").save(images / "cfg" / "0001_seed3.png")
     render_text("TWO").save(images / f"{prompt_slug(prompts[2])}_s9.png")
+    render_text("ZERO").save(images / "slg" / prompt_slug(prompts[0]) / "seed7.png")
 
     records = records_from_images(images, prompts_file)
     assert [(r["prompt"], r["method"], r["seed"], r.get("expected_text")) for r in records] == [
         ("a sign 'ZERO'", "images", None, None),
         ("a sign 'TWO'", "images", None, None),
         ("a sign 'ONE'", "cfg", 3, ["UNO"]),
+        ("a sign 'ZERO'", "slg", 7, None),
     ]
 
-    engine = FakeEngine(reply=lambda path: {"0000": "ZERO", "0001": "UNO"}.get(Path(path).stem[:4], "TWO"))
+    texts = {"0000_cslg": "ZERO", "0001_seed3": "UNO", f"{prompt_slug(prompts[2])}_s9": "TWO", "seed7": "ZERO"}
+    engine = FakeEngine(reply=lambda path: texts[Path(path).stem])
     monkeypatch.setattr(eval_script, "get_engine", lambda name, gpu: engine)
     for _ in range(2):  # the second run must not mistake the plots in images/eval for images
         result = eval_script.main(["--images", str(images), "--prompts", str(prompts_file)])
-    assert len(engine.calls) == 3
-    assert [row["ocr_similarity"] for row in result.rows] == [1.0, 1.0, 1.0]
+    assert len(engine.calls) == 4
+    assert [row["ocr_similarity"] for row in result.rows] == [1.0, 1.0, 1.0, 1.0]
     assert (images / "eval" / "methods_bar.png").is_file()
 
 

@@ -25,7 +25,9 @@ def test_ocr_similarity_is_difflib_ratio_lowercased():
     assert ocr_similarity("Hello", "HELLO") == 1.0
 
 
-@pytest.mark.parametrize("a, b, distance", [("kitten", "sitting", 3), ("flaw", "lawn", 2), ("", "abc", 3), ("abc", "abc", 0)])
+@pytest.mark.parametrize(
+    "a, b, distance", [("kitten", "sitting", 3), ("flaw", "lawn", 2), ("", "abc", 3), ("abc", "abc", 0)]
+)
 def test_levenshtein(a, b, distance):
     assert levenshtein(a, b) == distance
     assert levenshtein(b, a) == distance

@@ -1,0 +1,49 @@
+# `make demo`: create .venv, install, and run steps 1-4 on the built-in tiny models (CPU, offline).
+# `make test`: same environment, run the test suite.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_OUT ?= demo_outputs
+# Tiny-model settings of the demo: small images and few steps so it runs in a minute or two on a CPU.
+DEMO_SIZE := --height 64 --width 64 --steps 6 --max-sequence-length 128
+
+.PHONY: install test demo benchmarks clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	@echo "== step 1: capture activations of prompt pairs (tiny FLUX and tiny SD3.5) =="
+	$(PY) FLUX_LayerExperiment_pairwise.py --model tiny-flux --pairs 8 $(DEMO_SIZE) --out $(DEMO_OUT)/flux_capture.safetensors --save-activations s0
+	$(PY) SD3_LayerExperiment_pairwise.py --model tiny-sd35 --pairs 8 $(DEMO_SIZE) --out $(DEMO_OUT)/sd35_capture.safetensors
+	@echo "== step 2: contrastive analysis and layer ranking =="
+	$(PY) visualize.py $(DEMO_OUT)/flux_capture.safetensors --out $(DEMO_OUT)/flux_analysis --dpi 100
+	$(PY) visualize.py $(DEMO_OUT)/sd35_capture.safetensors --out $(DEMO_OUT)/sd35_analysis --dpi 100
+	@echo "== step 3: final-experiment grids with the layers from step 2 =="
+	$(PY) FLUX_final_experiments.py --model tiny-flux --limit 3 --seeds 0,1 $(DEMO_SIZE) \
+		--methods none cfg cslg scfg concept --cfg-scales 1,3.5 --cslg-scales 1 \
+		--layers-from $(DEMO_OUT)/flux_analysis/layers.json --top-k 2 --out $(DEMO_OUT)/flux_run
+	$(PY) SD3_final_experiments.py --model tiny-sd35 --limit 3 --seeds 0,1 $(DEMO_SIZE) \
+		--methods none cfg slg cslg scfg concept --slg-layers 3 4 \
+		--layers-from $(DEMO_OUT)/sd35_analysis/layers.json --top-k 2 --out $(DEMO_OUT)/sd35_run
+	@echo "== step 4: OCR evaluation =="
+	$(PY) eval.py --run $(DEMO_OUT)/flux_run
+	$(PY) eval.py --run $(DEMO_OUT)/sd35_run
+	@echo "demo outputs: $(DEMO_OUT)/ (captures, *_analysis/layers.json and figures, *_run/contact_sheets, *_run/eval)"
+
+benchmarks: install
+	$(PY) benchmarks/bench_capture.py
+	$(PY) benchmarks/bench_guidance.py
+	$(PY) benchmarks/bench_baselines.py
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

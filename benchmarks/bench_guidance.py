@@ -1,0 +1,119 @@
+"""Benchmark: cost of CSLG against CFG, and our SD3 CSLG against diffusers' built-in SLG.
+
+Printed side by side in one run, on small random SD3 and FLUX models (cslg.tiny, scaled up):
+  1. per-step cost of one cslg step (passes [u, c, c_skip] in one branched forward) relative to one
+     cfg step ([u, c]), next to the ideal (2 + fraction of blocks after the first skipped one) / 2;
+  2. total generation time of our SD3 cslg against StableDiffusion3Pipeline(skip_guidance_layers=...)
+     at the same settings (window 0-1 so the skip pass runs at every step); target below 1.0.
+
+    python benchmarks/bench_guidance.py [--size 64] [--steps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from cslg.denoiser import make_denoiser  # noqa: E402
+from cslg.guidance import CFG, Request, SkipLayerGuidance  # noqa: E402
+from cslg.sampling import generate  # noqa: E402
+from cslg.tiny import TinySize, build_tiny_flux, build_tiny_sd3  # noqa: E402
+
+SIZE = 64
+STEPS = 8
+REPEATS = 5
+CFG_SCALE = 7.0
+SCALE = 2.8
+PROMPT = "a storefront with a neon sign that says 'OPEN LATE'"
+MODEL_SIZE = TinySize(double_blocks=12, single_blocks=12, heads=4, head_dim=32, text_dim=64, t5_dim=128, sample_size=64)
+SKIPS = {"sd3": [["3"], ["6"], ["9"], ["3", "9"]], "flux": [["3"], ["9"], ["s3"], ["s9"]]}
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def timed(fn, repeats: int = REPEATS) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device() == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device() == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def step_costs(pipe, family: str, size: int, steps: int) -> None:
+    d = make_denoiser(pipe)
+    cond = d.encode(["", PROMPT], 128)
+    latents = d.initial_noise(0, size, size)
+    t = d.timesteps(steps, latents)[1]
+    cfg_passes = CFG(CFG_SCALE).passes(1, steps, 2)
+    base = timed(lambda: d.predict(latents, t, cond, cfg_passes))
+    names = d.layer_names
+    print(f"\n[{family}] {len(names)} blocks, {size}x{size}, one step, median of {REPEATS} (cfg step: {base * 1000:.1f} ms)")
+    print(f"{'skipped layers':>16} {'cslg / cfg':>11} {'ideal':>7} {'diffusers-style ideal':>22}")
+    for layers in SKIPS[family]:
+        method = SkipLayerGuidance(tuple(layers), SCALE, CFG_SCALE)
+        cost = timed(lambda: d.predict(latents, t, cond, method.passes(1, steps, 2)))
+        first = min(names.index(name) for name in layers)
+        ideal = (2 + (len(names) - first - 1) / len(names)) / 2
+        print(f"{','.join(layers):>16} {cost / base:>11.3f} {ideal:>7.3f} {1.5:>22.3f}")
+
+
+def against_diffusers(pipe, size: int, steps: int) -> None:
+    d = make_denoiser(pipe)
+    layers = [6]
+    kw = dict(num_inference_steps=steps, height=size, width=size, max_sequence_length=128, output_type="latent",
+              guidance_scale=CFG_SCALE)
+
+    def diffusers_slg():
+        pipe(PROMPT, generator=torch.Generator("cpu").manual_seed(0), skip_guidance_layers=layers,
+             skip_layer_guidance_scale=SCALE, skip_layer_guidance_start=0.0, skip_layer_guidance_stop=1.0, **kw)
+
+    def ours_slg():
+        generate(d, SkipLayerGuidance(("6",), SCALE, CFG_SCALE, 0.0, 1.0), Request(PROMPT), 0, steps, size, size, 128,
+                 output_type="latent")
+
+    def diffusers_cfg():
+        pipe(PROMPT, generator=torch.Generator("cpu").manual_seed(0), **kw)
+
+    def ours_cfg():
+        generate(d, CFG(CFG_SCALE), Request(PROMPT), 0, steps, size, size, 128, output_type="latent")
+
+    t = {name: timed(fn, 3) for name, fn in
+         [("diffusers SLG", diffusers_slg), ("ours cslg", ours_slg), ("diffusers CFG", diffusers_cfg), ("ours cfg", ours_cfg)]}
+    print(f"\n[sd3] whole generation, {steps} steps, skip layer 6 of 12 at every step, median of 3")
+    for name, sec in t.items():
+        print(f"{name:>14}: {sec:.3f} s")
+    print(f"ours cslg / diffusers SLG = {t['ours cslg'] / t['diffusers SLG']:.3f} (target < 1.0; "
+          f"ideal {(2 + 5 / 12) / 3:.3f}); ours cfg / diffusers CFG = {t['ours cfg'] / t['diffusers CFG']:.3f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=int, default=SIZE, help="image side in pixels")
+    p.add_argument("--steps", type=int, default=STEPS)
+    args = p.parse_args()
+    print(f"device: {device()}, torch threads: {torch.get_num_threads()}")
+    for family, build in (("sd3", build_tiny_sd3), ("flux", build_tiny_flux)):
+        pipe = build(MODEL_SIZE).to(device())
+        pipe.set_progress_bar_config(disable=True)
+        step_costs(pipe, family, args.size, args.steps)
+        if family == "sd3":
+            against_diffusers(pipe, args.size, args.steps)
+
+
+if __name__ == "__main__":
+    main()

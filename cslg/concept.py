@@ -1,0 +1,214 @@
+"""ConceptDiffusion (Kang et al., arXiv 2312.15964, "Semantic Guidance Tuning for Text-To-Image Diffusion
+Models"), as in the first version of the reference code, on flow-matching velocities.
+
+Per step the passes ``[∅, prompt p, concepts c_1..c_n]`` run in one batched forward (n + 2 lanes) and
+
+    s_p = v(p) - v(∅),  s_j = v(c_j) - v(∅),  S = Σ_j s_j,  s_a = s_p - (<s_p, S>/‖S‖²) S   (abstract concept)
+    ρ_j = |cos(s_p, s_j)|,  ρ_a = |cos(s_p, s_a)|
+    g_j = s_j - (<s_j, s_p>/‖s_p‖²) s_p: added if ρ_j < τ_s, subtracted if ρ_j > u
+    g_a = s_a with entries below the per-channel quantile of |s_a| at level ρ_a zeroed: added if ρ_a < τ_a
+    ṽ = v(∅) + w s_p + w_g Σ(active terms)
+
+inside the step window, plain CFG outside (where only the two CFG passes run). ∅ is the request's
+negative prompt (empty by default); on FLUX-dev every pass, the negative one included, gets the same
+distilled guidance embedding. Inner products run over the whole flattened latent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .denoiser import Pass
+from .guidance import GuidanceMethod, Request, cfg
+from .text import _closing_quote, normalize_text
+
+FLUX_PATCH_PIXELS = 4  # a packed FLUX token holds a 2x2 patch of every latent channel, channel-major
+SPACY_MODEL = "en_core_web_sm"
+SPLITTERS = ("simple", "spacy")
+_SEPARATOR = re.compile(r"\s*(?:[,;]|\band\b)\s*", re.IGNORECASE)
+
+
+# Pure formulas -----------------------------------------------------------------------------------------
+def _dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (x.float() * y.float()).sum()
+
+
+def project_out(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The part of ``x`` perpendicular to ``y``: ``x - (<x, y>/‖y‖²) y`` (``x`` itself when ``y = 0``)."""
+    norm2 = _dot(y, y)
+    if norm2 == 0:
+        return x.float()
+    return x.float() - (_dot(x, y) / norm2) * y.float()
+
+
+def abstract_concept(s_p: torch.Tensor, subjects: torch.Tensor) -> torch.Tensor:
+    """Abstract concept ``s_a = s_p - (<s_p, S>/‖S‖²) S`` with ``S = Σ_j s_j`` (``subjects`` ``[n, ...]``)."""
+    return project_out(s_p, subjects.sum(dim=0, keepdim=True))
+
+
+def cosine(x: torch.Tensor, y: torch.Tensor) -> float:
+    """``|cos(x, y)|`` over the flattened tensors (0 when either is 0)."""
+    denom = torch.sqrt(_dot(x, x) * _dot(y, y))
+    return float((_dot(x, y).abs() / denom) if denom > 0 else 0.0)
+
+
+def channel_view(x: torch.Tensor) -> torch.Tensor:
+    """``[C, M]``: the values of each latent channel of one latent.
+
+    SD3 ``[1, C, H, W]``: channel axis 1. FLUX packed ``[1, N, C*4]``: the last axis holds, per token,
+    a 2x2 patch of every channel (channel-major), so channel c is ``[..., 4c : 4c + 4]`` of every token.
+    """
+    if x.ndim == 4:
+        return x[0].flatten(1)
+    return x[0].unflatten(-1, (-1, FLUX_PATCH_PIXELS)).permute(1, 0, 2).flatten(1)
+
+
+def sparsify(x: torch.Tensor, level: float) -> torch.Tensor:
+    """Keep the entries of ``x`` with ``|x| >=`` the quantile at ``level`` of ``|x|`` in their channel; zero the rest."""
+    q = torch.quantile(channel_view(x.abs().float()), level, dim=1)  # [C]
+    threshold = q.view(1, -1, 1, 1) if x.ndim == 4 else q.repeat_interleave(FLUX_PATCH_PIXELS).view(1, 1, -1)
+    return torch.where(x.abs() >= threshold, x, torch.zeros_like(x))
+
+
+def concept_terms(
+    s_p: torch.Tensor,
+    subjects: torch.Tensor,
+    subject_threshold: float,
+    abstract_threshold: float,
+    upper_bound: float,
+) -> torch.Tensor:
+    """``Σ(active terms)`` (float32, shaped like ``s_p`` ``[1, ...]``) for subject scores ``subjects`` ``[n, ...]``.
+
+    ``g_j = s_j ⊥ s_p`` is added if ``ρ_j < τ_s`` and subtracted if ``ρ_j > u``; the sparsified abstract
+    concept is added if ``ρ_a < τ_a``; ``ρ = |cos(s_p, ·)|``.
+    """
+    total = torch.zeros_like(s_p, dtype=torch.float32)
+    for s_j in subjects:
+        rho = cosine(s_p, s_j)
+        if rho < subject_threshold:
+            total = total + project_out(s_j[None], s_p)
+        if rho > upper_bound:
+            total = total - project_out(s_j[None], s_p)
+    s_a = abstract_concept(s_p, subjects)
+    rho_a = cosine(s_p, s_a)
+    if rho_a < abstract_threshold:
+        total = total + sparsify(s_a, rho_a)
+    return total
+
+
+def concept_window(step: int, num_steps: int, start: float, stop: float) -> bool:
+    """The reference's window ``warm-up <= step <= cool-down`` with both ends as fractions of the steps."""
+    return num_steps * start <= step <= num_steps * stop
+
+
+# Concepts from a prompt ---------------------------------------------------------------------------------
+def split_concepts(prompt: str, splitter: str = "simple") -> list[str]:
+    """The concepts of ``prompt``.
+
+    ``simple``: split at commas, semicolons and the word "and" outside quotes
+    ("a red book and a gold clock" -> ["a red book", "a gold clock"]; one concept when nothing splits).
+    ``spacy``: spaCy's noun chunks (as the paper did for datasets); needs spaCy and ``en_core_web_sm``.
+    """
+    if splitter == "spacy":
+        return _noun_chunks(prompt)
+    if splitter != "simple":
+        raise ValueError(f"concept splitter must be one of {SPLITTERS}, got {splitter!r}")
+    text = normalize_text(prompt)
+    quoted = _quoted_spans(text)
+    pieces, start = [], 0
+    for sep in _SEPARATOR.finditer(text):
+        if not any(a <= sep.start() < b for a, b in quoted):
+            pieces.append(text[start : sep.start()])
+            start = sep.end()
+    pieces.append(text[start:])
+    return [p.strip() for p in pieces if p.strip()]
+
+
+def _quoted_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of every quoted span (quotes as ``cslg.text.extract_quoted`` reads them)."""
+    spans, i = [], 0
+    while i < len(text):
+        end = _closing_quote(text, i)
+        if end is None:
+            i += 1
+        else:
+            spans.append((i, end + 1))
+            i = end + 1
+    return spans
+
+
+def _noun_chunks(prompt: str) -> list[str]:
+    try:
+        import spacy
+
+        nlp = spacy.load(SPACY_MODEL)
+    except (ImportError, OSError) as e:
+        raise RuntimeError(f"the spacy concept splitter needs spaCy and its {SPACY_MODEL} model: {e}") from e
+    return [chunk.text for chunk in nlp(prompt).noun_chunks]
+
+
+# The method ---------------------------------------------------------------------------------------------
+@dataclass
+class ConceptDiffusion(GuidanceMethod):
+    """ConceptDiffusion: rows ``[negative, prompt, concept_1..n]``; concepts from ``request.concepts`` or,
+    when it is empty, ``split_concepts(prompt, concept_splitter)``.
+
+    ``concept_scale`` is w_g; ``start``/``stop`` the step window (fractions of the steps, inclusive);
+    ``subject_threshold`` τ_s and ``abstract_threshold`` τ_a (``None``: 1/(n+1)); ``upper_bound`` u.
+    """
+
+    cfg_scale: float = 7.5
+    concept_scale: float = 7.5
+    start: float = 0.0
+    stop: float = 1.0
+    subject_threshold: float | None = None
+    abstract_threshold: float | None = 0.7
+    upper_bound: float = 0.8
+    concept_splitter: str = "simple"
+    name = "concept"
+
+    def __post_init__(self):
+        if not 0.0 <= self.start <= self.stop <= 1.0:
+            raise ValueError(f"concept: need 0 <= start <= stop <= 1, got {self.start}, {self.stop}")
+        if self.concept_splitter not in SPLITTERS:
+            raise ValueError(f"concept: concept_splitter must be one of {SPLITTERS}, got {self.concept_splitter!r}")
+
+    def rows(self, request: Request) -> list[str]:
+        concepts = list(request.concepts) or split_concepts(request.prompt, self.concept_splitter)
+        return [request.negative_prompt, request.prompt, *concepts]
+
+    def passes(self, step, num_steps, num_rows):
+        if not concept_window(step, num_steps, self.start, self.stop):
+            return [Pass(0), Pass(1)]
+        return [Pass(row) for row in range(num_rows)]
+
+    def combine(self, preds, step, num_steps):
+        u, c = preds[0:1], preds[1:2]
+        v = cfg(u, c, self.cfg_scale)
+        n = preds.shape[0] - 2
+        if n == 0:
+            return v
+        auto = 1.0 / (n + 1)
+        terms = concept_terms(
+            c - u,
+            preds[2:] - u,
+            auto if self.subject_threshold is None else self.subject_threshold,
+            auto if self.abstract_threshold is None else self.abstract_threshold,
+            self.upper_bound,
+        )
+        return v + (self.concept_scale * terms).to(v.dtype)
+
+    def params(self):
+        return {
+            "cfg_scale": self.cfg_scale,
+            "concept_scale": self.concept_scale,
+            "start": self.start,
+            "stop": self.stop,
+            "subject_threshold": self.subject_threshold if self.subject_threshold is not None else "1/(n+1)",
+            "abstract_threshold": self.abstract_threshold if self.abstract_threshold is not None else "1/(n+1)",
+            "upper_bound": self.upper_bound,
+            "concept_splitter": self.concept_splitter,
+        }

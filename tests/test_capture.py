@@ -1,0 +1,163 @@
+"""Activation capture (step 1): shapes, names, the cosine against a direct computation, files, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import FLUX_LayerExperiment_pairwise as flux_script
+import SD3_LayerExperiment_pairwise as sd3_script
+from cslg import inspect as inspect_cli
+from cslg.activations import load_capture, read_metadata
+from cslg.capture import CaptureConfig, capture_pair, resolve_steps, run_capture
+from cslg.denoiser import Pass, make_denoiser
+from cslg.prompts import PromptFileError, PromptPair
+
+from .conftest import H, MSL, STEPS, W, tiny
+
+PAIRS = [
+    PromptPair("a brown dog sitting on a sidewalk", "a brown dog sitting on a sidewalk, wearing a tag that says 'buddy'", "text"),
+    PromptPair("a coffee mug on a desk", 'a coffee mug on a desk with "WORLD\'S BEST DAD" printed on it', "text"),
+]
+
+
+def _config(name, trajectory="independent", guidance=None, **kw):
+    guidance = guidance if guidance is not None else (3.5 if name == "tiny-flux" else 5.0)
+    return CaptureConfig(name, "pairs.json", len(PAIRS), STEPS, 3, H, W, guidance, MSL, trajectory, **kw)
+
+
+def _direct_step0(denoiser, pair, config):
+    """Block outputs of the two prompts, each run alone at step 0 from the same noise."""
+    outs = {}
+    handles = [b.register_forward_hook(lambda m, a, o, i=i: outs.setdefault(i, []).append(o[1]))
+               for i, (_, b) in enumerate(denoiser.blocks)]
+    noise = denoiser.initial_noise(config.seed, H, W)
+    t = denoiser.timesteps(STEPS, noise)[0]
+    try:
+        for prompt in (pair.negative, pair.positive):
+            denoiser.predict(noise, t, denoiser.encode([prompt], MSL), [Pass(0)])
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack([F.cosine_similarity(outs[i][0].flatten(), outs[i][1].flatten(), dim=0)
+                        for i in range(len(denoiser.blocks))])
+
+
+@pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd3", "tiny-sd35"])
+@pytest.mark.parametrize("trajectory", ["independent", "shared"])
+def test_cosine_equals_direct_computation_at_step0(name, trajectory):
+    d = make_denoiser(tiny(name), 3.5)
+    config = _config(name, trajectory)
+    out = capture_pair(d, PAIRS[0], config)
+    assert out["cosine"].shape == (STEPS, len(d.blocks))
+    assert torch.isfinite(out["cosine"]).all()
+    direct = _direct_step0(d, PAIRS[0], config)
+    assert torch.allclose(out["cosine"][0], direct, atol=1e-5)
+    assert (direct < 1 - 1e-6).any(), "the two prompts gave identical activations: the test could not fail"
+
+
+def test_trajectory_modes_differ_after_step0(sd3_pipe):
+    d = make_denoiser(sd3_pipe)
+    ind = capture_pair(d, PAIRS[1], _config("tiny-sd3", "independent"))["cosine"]
+    shared = capture_pair(d, PAIRS[1], _config("tiny-sd3", "shared"))["cosine"]
+    assert torch.allclose(ind[0], shared[0], atol=1e-6)  # same noise at step 0
+    assert not torch.allclose(ind[1:], shared[1:], atol=1e-6)
+
+
+def test_file_round_trip_metadata_and_activations(flux_pipe, tmp_path):
+    d = make_denoiser(flux_pipe, 3.5)
+    config = _config("tiny-flux", save_layers=("2", "s1"), save_steps=(0, STEPS - 1))
+    path = run_capture(d, PAIRS, config, tmp_path / "cap.safetensors", progress=False)
+    cap = load_capture(path)
+    assert cap.cosine.shape == (2, STEPS, 12) and cap.cosine.dtype == torch.float32
+    assert cap.layer_names == [str(i) for i in range(6)] + [f"s{i}" for i in range(6)]
+    for key in ("model", "prompts_file", "pairs", "steps", "timesteps", "seed", "guidance", "max_sequence_length",
+                "height", "width", "layer_names", "trajectory"):
+        assert key in cap.metadata, key
+    assert len(cap.metadata["timesteps"]) == STEPS and cap.metadata["seed"] == 3
+    tokens = (H // 2 // 2) * (W // 2 // 2)
+    assert cap.activations["s1"].shape == (2, 2, 2, tokens, flux_pipe.transformer.inner_dim)
+    assert cap.activation_steps.tolist() == [0, STEPS - 1]
+    # Raw activations agree with the cosine they were reduced from.
+    a, b = cap.activations["2"][1, 1]
+    assert torch.allclose(F.cosine_similarity(a.flatten(), b.flatten(), dim=0), cap.cosine[1, STEPS - 1, 2], atol=1e-5)
+    assert not (tmp_path / "cap.safetensors.partial").exists()
+
+
+def test_resume_skips_finished_pairs(sd3_pipe, tmp_path, monkeypatch):
+    d = make_denoiser(sd3_pipe)
+    config = _config("tiny-sd3")
+    out = tmp_path / "cap.safetensors"
+    import cslg.capture as capture_mod
+
+    calls = []
+    real = capture_mod.capture_pair
+
+    def interrupted(denoiser, pair, cfg):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(pair)
+        return real(denoiser, pair, cfg)
+
+    monkeypatch.setattr(capture_mod, "capture_pair", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_capture(d, PAIRS, config, out, progress=False)
+    assert not out.exists() and len(list((tmp_path / "cap.safetensors.partial").glob("pair_*"))) == 1
+    counted = []
+    monkeypatch.setattr(capture_mod, "capture_pair", lambda *a: counted.append(1) or real(*a))
+    run_capture(d, PAIRS, config, out, progress=False)
+    assert counted == [1]  # only the unfinished pair was computed
+    full = run_capture(d, PAIRS, config, tmp_path / "fresh.safetensors", progress=False)
+    assert torch.equal(load_capture(out).cosine, load_capture(full).cosine)
+
+
+def test_resume_refuses_other_settings(sd3_pipe, tmp_path):
+    partial = tmp_path / "cap.safetensors.partial"
+    partial.mkdir()
+    (partial / "config.json").write_text(json.dumps({"hash": "0" * 12}))
+    with pytest.raises(ValueError, match="different settings"):
+        run_capture(make_denoiser(sd3_pipe), PAIRS, _config("tiny-sd3"), tmp_path / "cap.safetensors", progress=False)
+
+
+def test_scripts_and_inspect(tmp_path, capsys, root):
+    prompts = tmp_path / "pairs.json"
+    prompts.write_text(json.dumps([{"no_text": p.negative, "with_text": p.positive} for p in PAIRS]))
+    common = ["--prompts", str(prompts), "--pairs", "2", "--steps", "3", "--height", "32", "--width", "32",
+              "--max-sequence-length", "64"]
+    out = flux_script.main(["--model", "tiny-flux", *common, "--out", str(tmp_path / "f.safetensors"),
+                            "--save-activations", "s0", "--save-steps", "0,-1"])
+    meta = read_metadata(out)
+    assert meta["family"] == "flux" and meta["save_steps"] == [0, 2] and meta["prompts_file"] == str(prompts)
+    out = sd3_script.main(["--model", "tiny-sd35", *common, "--trajectory", "shared", "--out", str(tmp_path / "s.safetensors")])
+    assert load_capture(out).cosine.shape == (2, 3, 6)
+    inspect_cli.main([str(out)])
+    printed = capsys.readouterr().out
+    assert "cosine" in printed and "(2, 3, 6)" in printed and "trajectory: shared" in printed
+
+
+def test_bad_input_errors(tmp_path):
+    base = ["--model", "tiny-sd3", "--steps", "2", "--height", "32", "--width", "32", "--out", str(tmp_path / "x.st")]
+    with pytest.raises(PromptFileError, match="not found|No such file"):
+        sd3_script.main([*base, "--prompts", str(tmp_path / "missing.json")])
+    bad = tmp_path / "bad.json"
+    bad.write_text("[{\"no_text\": \"a\"")
+    with pytest.raises(PromptFileError, match="bad.json"):
+        sd3_script.main([*base, "--prompts", str(bad)])
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps([{"no_text": "a", "with_text": "a 'b'"}]))
+    with pytest.raises(SystemExit, match="--save-activations: unknown layer '9': valid layers are 0-5"):
+        sd3_script.main([*base, "--prompts", str(good), "--pairs", "1", "--save-activations", "9"])
+    with pytest.raises(SystemExit):
+        sd3_script.main([*base, "--prompts", str(good), "--trajectory", "sideways"])
+    with pytest.raises(SystemExit, match="--steps must be at least 1"):
+        sd3_script.main([*base, "--prompts", str(good), "--pairs", "1", "--steps", "0"])
+    with pytest.raises(ValueError, match="out of range"):
+        resolve_steps([5], 3)
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        (tmp_path / "junk.safetensors").write_bytes(b"junk")
+        load_capture(tmp_path / "junk.safetensors")
+    with pytest.raises(FileNotFoundError, match="capture file not found"):
+        load_capture(tmp_path / "none.safetensors")

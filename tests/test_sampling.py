@@ -1,0 +1,126 @@
+"""Guided sampling equals diffusers' own pipelines on the tiny models, and shares the skip prefix."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cslg.denoiser import Pass, make_denoiser
+from cslg.guidance import CFG, NoGuidance, Request, SkipLayerGuidance, cfg, in_window, skip_term, weighted_skip
+from cslg.sampling import generate
+
+from .conftest import H, MSL, W, tiny
+
+PROMPT = "a neon sign that says 'OPEN' above a door"
+NEG = "blurry, low quality"
+SEED = 7
+STEPS = 5
+TOL = 1 / 255
+
+
+def _ref(pipe, **kw):
+    return pipe(PROMPT, num_inference_steps=STEPS, height=H, width=W, max_sequence_length=MSL, output_type="np",
+                generator=torch.Generator("cpu").manual_seed(SEED), **kw).images[0]
+
+
+def _ours(pipe, method, guidance=3.5):
+    return generate(make_denoiser(pipe, guidance), method, Request(PROMPT, NEG), SEED, STEPS, H, W, MSL, output_type="np")
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-sd35"])
+def test_sd3_cfg_equals_diffusers(name):
+    pipe = tiny(name)
+    ref, ours = _ref(pipe, negative_prompt=NEG, guidance_scale=6.0), _ours(pipe, CFG(6.0))
+    assert np.abs(ref - ours).max() <= TOL
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-sd35"])
+@pytest.mark.parametrize("layers,start,stop", [((2,), 0.0, 1.0), ((1, 4), 0.0, 1.0), ((3,), 0.2, 0.7)])
+def test_sd3_cslg_equals_diffusers_slg(name, layers, start, stop):
+    pipe = tiny(name)
+    ref = _ref(pipe, negative_prompt=NEG, guidance_scale=6.0, skip_guidance_layers=list(layers),
+               skip_layer_guidance_scale=2.5, skip_layer_guidance_start=start, skip_layer_guidance_stop=stop)
+    ours = _ours(pipe, SkipLayerGuidance(tuple(map(str, layers)), 2.5, 6.0, start, stop))
+    assert np.abs(ref - ours).max() <= TOL
+    plain_cfg = _ours(pipe, CFG(6.0))
+    assert np.abs(plain_cfg - ours).max() > TOL, "the skip term changed nothing: the test could not fail"
+
+
+def test_sd3_none_equals_guidance_one(sd3_pipe):
+    assert np.abs(_ref(sd3_pipe, guidance_scale=1.0) - _ours(sd3_pipe, NoGuidance())).max() <= TOL
+
+
+def test_flux_none_equals_diffusers(flux_pipe):
+    ref, ours = _ref(flux_pipe, guidance_scale=2.0), _ours(flux_pipe, NoGuidance(), guidance=2.0)
+    assert np.abs(ref - ours).max() <= TOL
+
+
+def test_flux_true_cfg_equals_diffusers(flux_pipe):
+    ref = _ref(flux_pipe, guidance_scale=3.5, true_cfg_scale=4.0, negative_prompt=NEG)
+    assert np.abs(ref - _ours(flux_pipe, CFG(4.0))).max() <= TOL
+
+
+def test_flux_cslg_equals_skip_context_formula(flux_pipe):
+    """FLUX has no diffusers SLG: compare one step against separate forward passes with skip_blocks."""
+    from cslg.skip import skip_blocks
+
+    d = make_denoiser(flux_pipe, 3.5)
+    cond = d.encode([PROMPT], MSL)
+    latents = d.initial_noise(SEED, H, W)
+    t = d.timesteps(STEPS, latents)[1]
+    method = SkipLayerGuidance(("2", "s1"), 1.5)
+    preds = d.predict(latents, t, cond, method.passes(1, STEPS, 1))
+    ours = method.combine(preds, 1, STEPS)
+    c = d.predict(latents, t, cond, [Pass(0)])
+    with skip_blocks(flux_pipe.transformer, ["2", "s1"]):
+        c_skip = d.predict(latents, t, cond, [Pass(0)])
+    assert torch.allclose(ours, c + 1.5 * (c - c_skip), atol=1e-5)
+    assert not torch.allclose(c, c_skip, atol=1e-4)
+
+
+def test_skip_prefix_is_shared_and_skipped_blocks_not_computed(sd3_pipe):
+    d = make_denoiser(sd3_pipe)
+    rows = []
+    handles = [b.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["hidden_states"].shape[0]), with_kwargs=True)
+               for _, b in d.blocks]
+    cond = d.encode([NEG, PROMPT], MSL)
+    latents = d.initial_noise(0, H, W)
+    t = d.timesteps(STEPS, latents)[0]
+    try:
+        d.predict(latents, t, cond, [Pass(0), Pass(1), Pass(1, frozenset({"3"}))])
+        assert rows == [2, 2, 2, 2, 3, 3]  # block 3 runs on [u, c] only, later blocks on [u, c, c_skip]
+        rows.clear()
+        d.predict(latents, t, cond, [Pass(0), Pass(1), Pass(1, frozenset({"1"})), Pass(1, frozenset({"4"}))])
+        assert rows == [2, 2, 3, 3, 3, 4]  # split at block 1 (skipped by one lane), again at block 4
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_weighted_multi_layer_skip():
+    c = torch.ones(1, 2)
+    skips = [torch.zeros(1, 2), torch.full((1, 2), 3.0)]
+    assert torch.allclose(weighted_skip(skips, [3.0, 1.0]), torch.full((1, 2), 0.75))
+    m = SkipLayerGuidance(("1", "2"), scale=2.0, cfg_scale=5.0, weights=(3.0, 1.0))
+    assert m.passes(2, 4, 2) == [Pass(0), Pass(1), Pass(1, frozenset({"1"})), Pass(1, frozenset({"2"}))]
+    u = torch.zeros(1, 2)
+    v = m.combine(torch.cat([u, c] + skips), 2, 4)
+    assert torch.allclose(v, cfg(u, c, 5.0) + skip_term(c, weighted_skip(skips, [3.0, 1.0]), 2.0))
+
+
+def test_window_and_cfg_free_variant():
+    assert [in_window(i, 10, 0.01, 0.2) for i in range(4)] == [False, True, False, False]  # strict, as diffusers
+    m = SkipLayerGuidance(("1",), scale=1.0)  # w = 1: no unconditional pass, v = c + s (c - c_skip)
+    assert m.rows(Request("p", "n")) == ["p"]
+    c, cs = torch.full((1, 1), 2.0), torch.full((1, 1), 0.5)
+    assert torch.allclose(m.combine(torch.cat([c, cs]), 0, 1), torch.full((1, 1), 3.5))
+
+
+def test_bad_method_settings():
+    with pytest.raises(ValueError, match="weights"):
+        SkipLayerGuidance(("1", "2"), 1.0, weights=(1.0,))
+    with pytest.raises(ValueError, match="start <= stop"):
+        SkipLayerGuidance(("1",), 1.0, start=0.5, stop=0.2)
+    with pytest.raises(ValueError, match="no layers"):
+        SkipLayerGuidance((), 1.0)
