@@ -31,12 +31,12 @@ from cslg.tiny import TinySize, build_tiny_flux, build_tiny_sd3  # noqa: E402
 
 FAMILIES = ["sd3", "flux"]
 SIZE = 128  # image side in pixels (the tiny VAE compresses 2x): 32x32 = 1024 image tokens
-STEPS = 4
+STEPS = 3
 ROUNDS = 2
 MAX_SEQUENCE_LENGTH = 64
 PROMPT = "a red book and a gold clock"  # two concepts for ConceptDiffusion
 CFG_SCALE = 7.5
-MODEL = TinySize(double_blocks=8, single_blocks=8, heads=4, head_dim=64, text_dim=64, t5_dim=128, sample_size=64)
+MODEL = TinySize(double_blocks=8, single_blocks=4, heads=4, head_dim=128, text_dim=64, t5_dim=128, sample_size=64)
 
 
 def build(family: str) -> Denoiser:

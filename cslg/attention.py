@@ -6,16 +6,17 @@ sequence). For a UNet-style reading of these probabilities the image->text block
 cross-attention and the image->image block the self-attention.
 
 A ``RecordingProcessor`` wraps a block's own attention processor: the block output is exactly what that
-processor returns. Alongside, it recomputes the image queries and all keys the way diffusers builds them
-(projections, q/k norms, FLUX's RoPE), and takes the head-averaged softmax in chunks of queries, so the
-full ``[heads, N, N + T]`` matrix never exists at once. Only ``block.attn`` is recorded; SD3.5's ``attn2``
-(a second self-attention on image tokens) keeps its own processor.
+processor returns. Alongside, it takes the q/k projections that processor computed, rebuilds the image
+queries and all keys the way diffusers does (q/k norms, FLUX's RoPE) and takes the head-averaged softmax
+in chunks of queries, so the full ``[heads, N, N + T]`` matrix never exists at once. Only ``block.attn``
+is recorded; SD3.5's ``attn2`` (a second self-attention on image tokens) keeps its own processor.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterator, Sequence
 
 import torch
@@ -26,7 +27,9 @@ from .denoiser import Denoiser
 from .layers import get_block, resolve_layers
 from .models import family_of
 
-CHUNK_ELEMENTS = 2**24  # float32 logits per chunk of queries (64 MiB)
+# float32 logits per chunk of queries: small on CPU (cache-sized chunks run ~3x faster), large on GPU
+CHUNK_ELEMENTS = 2**20
+CHUNK_ELEMENTS_GPU = 2**26
 
 
 @dataclass
@@ -42,11 +45,11 @@ class AttentionMaps:
 
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Head-averaged ``softmax(q kᵀ / √d)`` in float32: ``q`` ``[b, H, n, d]``, ``k`` ``[b, H, L, d]`` -> ``[b, n, L]``.
+    """Head-averaged ``softmax(q kᵀ / √d)`` in float32: ``q [b, H, n, d]``, ``k [b, H, L, d]`` -> ``[b, n, L]``.
 
     The scale is the default of ``scaled_dot_product_attention`` that both families use.
     """
-    logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    logits = torch.matmul(q.float() * q.shape[-1] ** -0.5, k.float().transpose(-1, -2))
     return logits.softmax(dim=-1).mean(dim=1)
 
 
@@ -54,7 +57,10 @@ def split_roles(probs: torch.Tensor, text: slice, image: slice) -> tuple[torch.T
     """The image->text and image->image blocks of ``probs`` ``[..., L]``, each row renormalised to sum 1."""
     cross, self_attn = probs[..., text], probs[..., image]
     tiny = torch.finfo(probs.dtype).tiny
-    return cross / cross.sum(-1, keepdim=True).clamp_min(tiny), self_attn / self_attn.sum(-1, keepdim=True).clamp_min(tiny)
+    return (
+        cross / cross.sum(-1, keepdim=True).clamp_min(tiny),
+        self_attn / self_attn.sum(-1, keepdim=True).clamp_min(tiny),
+    )
 
 
 class AttentionRecorder:
@@ -95,53 +101,62 @@ def _heads(attn, x: torch.Tensor, norm) -> torch.Tensor:
 class RecordingProcessor:
     """Wraps a block's attention processor: returns what it returns and adds this call's maps to ``recorder``.
 
-    ``text_first``: key order ``[text, image]`` (FLUX) instead of ``[image, text]`` (SD3). The text length
-    comes from the block's inputs (``see_block_inputs``, a forward pre-hook), since a single-stream block
-    hands its attention one concatenated sequence.
+    The q/k projections are not computed twice: forward hooks on ``to_q``, ``to_k`` and ``add_k_proj`` keep
+    the outputs the wrapped processor computes (``keep_projection``), and the maps are built from them with
+    the block's q/k norms and RoPE, as the default processors do. ``text_first``: key order
+    ``[text, image]`` (FLUX) instead of ``[image, text]`` (SD3). The text length comes from the block's inputs
+    (``see_block_inputs``, a forward pre-hook), since a single-stream block hands its attention one sequence.
     """
+
+    PROJECTIONS = ("to_q", "to_k", "add_k_proj")
 
     def __init__(self, inner, recorder: AttentionRecorder, text_first: bool):
         self.inner = inner
         self.recorder = recorder
         self.text_first = text_first
         self.text_len = 0
+        self.projections: dict[str, torch.Tensor] = {}
 
     def see_block_inputs(self, block, args, kwargs) -> None:
         self.text_len = kwargs["encoder_hidden_states"].shape[1]
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None, **kwargs):
+    def keep_projection(self, name: str, module, args, output) -> None:
+        self.projections[name] = output
+
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None, **kwargs
+    ):
         if attention_mask is not None:
             raise ValueError("attention recording does not support attention masks")
         if image_rotary_emb is not None:
             kwargs["image_rotary_emb"] = image_rotary_emb
         out = self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states, **kwargs)
-        self.recorder.add(*self.maps(attn, hidden_states, encoder_hidden_states, image_rotary_emb))
+        projections, self.projections = self.projections, {}
+        self.recorder.add(*self.maps(attn, projections, image_rotary_emb))
         return out
 
     @torch.no_grad()
-    def maps(self, attn, hidden_states, encoder_hidden_states, rope) -> tuple[torch.Tensor, torch.Tensor]:
+    def maps(self, attn, projections: dict[str, torch.Tensor], rope) -> tuple[torch.Tensor, torch.Tensor]:
         """``(cross [b, N, T], self [b, N, N])`` for the recorded lanes of this call."""
-        lanes = self.recorder.lanes
-        if lanes is not None:
-            hidden_states = hidden_states[lanes]
-            encoder_hidden_states = encoder_hidden_states[lanes] if encoder_hidden_states is not None else None
+        if "to_q" not in projections:
+            raise RuntimeError("the attention processor did not call to_q/to_k (fused projections are not supported)")
+        lanes = self.recorder.lanes if self.recorder.lanes is not None else slice(None)
         t = self.text_len
-        if encoder_hidden_states is None:  # FLUX single-stream: hidden_states is [text, image]
-            image_in = hidden_states[:, t:]
-            keys = _heads(attn, attn.to_k(hidden_states), attn.norm_k)
-        else:
-            image_in = hidden_states
-            k_image = _heads(attn, attn.to_k(hidden_states), attn.norm_k)
-            k_text = _heads(attn, attn.add_k_proj(encoder_hidden_states), attn.norm_added_k)
-            keys = torch.cat([k_text, k_image] if self.text_first else [k_image, k_text], dim=1)
-        queries = _heads(attn, attn.to_q(image_in), attn.norm_q)
+        queries = _heads(attn, projections["to_q"][lanes], attn.norm_q)
+        keys = _heads(attn, projections["to_k"][lanes], attn.norm_k)
+        if "add_k_proj" in projections:  # a second (text) stream: SD3 joint / FLUX double-stream
+            k_text = _heads(attn, projections["add_k_proj"][lanes], attn.norm_added_k)
+            keys = torch.cat([k_text, keys] if self.text_first else [keys, k_text], dim=1)
+        else:  # FLUX single-stream: one [text, image] sequence
+            queries = queries[:, t:]
         n = queries.shape[1]
         if rope is not None:  # FLUX: positions are [text, image], so the image queries take the last n
             keys = apply_rotary_emb(keys, rope, sequence_dim=1)
             queries = apply_rotary_emb(queries, tuple(f[-n:] for f in rope), sequence_dim=1)
         text, image = (slice(0, t), slice(t, t + n)) if self.text_first else (slice(n, n + t), slice(0, n))
         q, k = queries.transpose(1, 2), keys.transpose(1, 2)  # [b, H, n, d], [b, H, L, d]
-        rows = max(1, CHUNK_ELEMENTS // (k.shape[0] * k.shape[1] * k.shape[2]))
+        budget = CHUNK_ELEMENTS if k.device.type == "cpu" else CHUNK_ELEMENTS_GPU
+        rows = max(1, budget // (k.shape[0] * k.shape[1] * k.shape[2]))
         chunks = [split_roles(attention_probs(q[:, :, i : i + rows], k), text, image) for i in range(0, n, rows)]
         return torch.cat([c for c, _ in chunks], dim=1), torch.cat([s for _, s in chunks], dim=1)
 
@@ -152,24 +167,28 @@ def record_attention(
 ) -> Iterator[AttentionRecorder]:
     """Record the image-query attention of ``layers`` (layer names) while the context is held.
 
-    Installs a ``RecordingProcessor`` on each block's ``attn`` and restores the original processors
-    (and removes the hooks) on exit. Yields the recorder; read a step's maps with ``recorder.take()``.
+    Installs a ``RecordingProcessor`` (and its hooks) on each block's ``attn`` and restores the original
+    processors and removes the hooks on exit. Yields the recorder; read a step's maps with ``recorder.take()``.
     """
     transformer = denoiser.transformer
     recorder = AttentionRecorder(lanes)
     text_first = family_of(denoiser.pipe) == "flux"
-    installed = []
+    installed, hooks = [], []
     try:
         for name in resolve_layers(transformer, layers):
             block = get_block(transformer, name)
             processor = RecordingProcessor(block.attn.processor, recorder, text_first)
-            hook = block.register_forward_pre_hook(processor.see_block_inputs, with_kwargs=True)
-            installed.append((block.attn, processor.inner, hook))
+            hooks.append(block.register_forward_pre_hook(processor.see_block_inputs, with_kwargs=True))
+            for projection in RecordingProcessor.PROJECTIONS:
+                if (module := getattr(block.attn, projection, None)) is not None:
+                    hooks.append(module.register_forward_hook(partial(processor.keep_projection, projection)))
+            installed.append((block.attn, processor.inner))
             block.attn.set_processor(processor)
         yield recorder
     finally:
-        for attn, original, hook in installed:
+        for attn, original in installed:
             attn.set_processor(original)
+        for hook in hooks:
             hook.remove()
 
 

@@ -16,7 +16,7 @@ from .grid import LAYER_COMBINATIONS, METHODS, GridSettings, ImageSettings, buil
 from .guidance import SLG_LAYERS, SLG_START, SLG_STOP, SkipLayerGuidance
 from .layers import LayerError, parse_layer_list, resolve_layers
 from .models import OFFLOAD_MODES, load_pipeline
-from .prompts import load_generation_prompts, load_pairs
+from .prompts import PromptFileError, load_generation_prompts, load_pairs
 
 
 def int_list(text: str) -> list[int]:
@@ -38,7 +38,17 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def load_from_args(args: argparse.Namespace, family: str):
-    return load_pipeline(args.model, family, args.device, DTYPES.get(args.dtype), args.offload)
+    try:
+        return load_pipeline(args.model, family, args.device, DTYPES.get(args.dtype), args.offload)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def prompts_from_args(loader, args: argparse.Namespace, limit: int | None):
+    try:
+        return loader(args.prompts, limit=limit)
+    except PromptFileError as e:
+        raise SystemExit(f"--prompts: {e}") from None
 
 
 def capture_parser(doc: str, **defaults) -> argparse.ArgumentParser:
@@ -69,7 +79,7 @@ def run_capture_command(args: argparse.Namespace, family: str) -> Path:
     for flag in ("pairs", "steps", "height", "width", "max_sequence_length"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    pairs = load_pairs(args.prompts, limit=args.pairs)
+    pairs = prompts_from_args(load_pairs, args, args.pairs)
     pipe = load_from_args(args, family)
     denoiser = make_denoiser(pipe, guidance=args.guidance)
     try:
@@ -163,7 +173,7 @@ def run_grid_command(args: argparse.Namespace, family: str, default_layers: list
         shard = parse_shard(args.shard)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-    prompts = load_generation_prompts(args.prompts, limit=args.limit)
+    prompts = prompts_from_args(load_generation_prompts, args, args.limit)
     if args.layers is not None:
         layers = parse_layer_list(args.layers)
     elif args.layers_from is not None:

@@ -67,7 +67,8 @@ def channel_view(x: torch.Tensor) -> torch.Tensor:
 
 
 def sparsify(x: torch.Tensor, level: float) -> torch.Tensor:
-    """Keep the entries of ``x`` with ``|x| >=`` the quantile at ``level`` of ``|x|`` in their channel; zero the rest."""
+    """Keep the entries of ``x`` with ``|x|`` at or above the quantile at ``level`` of ``|x|`` in their channel;
+    zero the rest."""
     q = torch.quantile(channel_view(x.abs().float()), level, dim=1)  # [C]
     threshold = q.view(1, -1, 1, 1) if x.ndim == 4 else q.repeat_interleave(FLUX_PATCH_PIXELS).view(1, 1, -1)
     return torch.where(x.abs() >= threshold, x, torch.zeros_like(x))

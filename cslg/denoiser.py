@@ -18,7 +18,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
 
-from .layers import get_blocks, resolve_layers
+from .layers import get_blocks
 from .models import execution_device, family_of
 
 
@@ -61,9 +61,6 @@ class Denoiser:
     @property
     def dtype(self) -> torch.dtype:
         return self.transformer.dtype
-
-    def check_skip(self, layers: Sequence[str | int]) -> list[str]:
-        return resolve_layers(self.transformer, layers)
 
     @torch.no_grad()
     def predict(

@@ -42,13 +42,15 @@ COMPLETIONS = ("paper", "code")
 FOREGROUND_SOURCES = ("cond", "uncond")
 
 
-# Pure formulas -----------------------------------------------------------------------------------------
+# Pure formulas on the token grid ---------------------------------------------------------------------------
 def guide(u: torch.Tensor, c: torch.Tensor, w: float, rho: torch.Tensor) -> torch.Tensor:
     """Spatially scaled CFG: ``v = u + w ρ ⊙ (c - u)`` (``ρ`` broadcast to the velocity layout)."""
     return u + w * rho * (c - u)
 
 
-def complete(cross: torch.Tensor, self_attn: torch.Tensor, mode: str = "paper", steps: int = COMPLETION_STEPS) -> torch.Tensor:
+def complete(
+    cross: torch.Tensor, self_attn: torch.Tensor, mode: str = "paper", steps: int = COMPLETION_STEPS
+) -> torch.Tensor:
     """Self-attention completion of token maps ``cross`` ``[..., N, K]`` with ``self_attn`` ``[..., N, N]``.
 
     paper: ``C̄ = (1/R) Σ_{r=1..R} S^r C``;  code (reference implementation): ``C̄ = (S + (R-1) S²) C / R``.
@@ -96,7 +98,8 @@ def foreground_mask(background: torch.Tensor, others: torch.Tensor) -> torch.Ten
 
 
 def scale_map(eta_norm: torch.Tensor, masks: torch.Tensor, foreground: torch.Tensor, w: float) -> torch.Tensor:
-    """S-CFG scale map ``ρ`` ``[h, w]`` from ``n = ‖η‖₂`` per token ``[h, w]`` and regions ``masks`` ``[K, h, w]``.
+    """S-CFG scale map ``ρ`` ``[h, w]`` from ``n = ‖η‖₂`` per token ``[h, w]``, regions ``masks`` ``[K, h, w]``
+    and the ``foreground`` ``[h, w]``.
 
     ``N_i = mean_{m_i} n``, ``N_fg = mean_{foreground} n``, ``ρ_i = N_fg / N_i`` (0 for empty regions),
     ``ρ = Σ_i ρ_i m_i``, clamped to ``[SCALE_MIN, SCALE_MAX]``, capped at ``SCALE_CAP / w``, smoothed.
@@ -111,17 +114,7 @@ def scale_map(eta_norm: torch.Tensor, masks: torch.Tensor, foreground: torch.Ten
     return smooth(rho)
 
 
-def role_maps(cross: torch.Tensor, self_attn: torch.Tensor, roles: TextRoles, grid: "TokenGrid", completion: str) -> torch.Tensor:
-    """Completed, smoothed maps ``[2 + K, h, w]`` of one lane: background, all other tokens, then
-    each content token (maps of several tokens are summed before the completion, which is linear)."""
-    groups = [roles.background, roles.others] + [(i,) for i in roles.content]
-    select = torch.zeros(cross.shape[-1], len(groups), device=cross.device)
-    for j, tokens in enumerate(groups):
-        select[list(tokens), j] = 1.0
-    maps = complete(cross @ select, self_attn, completion)  # [N, 2 + K]
-    return smooth(maps.T.reshape(len(groups), grid.h, grid.w))
-
-
+# Layouts -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TokenGrid:
     """The ``(h, w)`` grid of image tokens behind a velocity (tokens in row-major order, as the attention sees them).
@@ -135,7 +128,7 @@ class TokenGrid:
     patch: int | None
 
     @classmethod
-    def of(cls, denoiser: Denoiser, velocity: torch.Tensor) -> "TokenGrid":
+    def of(cls, denoiser: Denoiser, velocity: torch.Tensor) -> TokenGrid:
         if velocity.ndim == 4:
             p = denoiser.transformer.config.patch_size
             return cls(velocity.shape[-2] // p, velocity.shape[-1] // p, p)
@@ -155,6 +148,19 @@ class TokenGrid:
         if self.patch is None:
             return rho.reshape(rho.shape[0], -1, 1)
         return rho.repeat_interleave(self.patch, dim=-2).repeat_interleave(self.patch, dim=-1)[:, None]
+
+
+def role_maps(
+    cross: torch.Tensor, self_attn: torch.Tensor, roles: TextRoles, grid: TokenGrid, completion: str
+) -> torch.Tensor:
+    """Completed, smoothed maps ``[2 + K, h, w]`` of one lane: background, all other tokens, then
+    each content token (maps of several tokens are summed before the completion, which is linear)."""
+    groups = [roles.background, roles.others] + [(i,) for i in roles.content]
+    select = torch.zeros(cross.shape[-1], len(groups), device=cross.device)
+    for j, tokens in enumerate(groups):
+        select[list(tokens), j] = 1.0
+    maps = complete(cross @ select, self_attn, completion)  # [N, 2 + K]
+    return smooth(maps.T.reshape(len(groups), grid.h, grid.w))
 
 
 def default_layers(transformer) -> list[str]:

@@ -53,7 +53,7 @@ def test_recording_leaves_outputs_unchanged_and_restores(denoiser):
             assert (x is None and y is None) or torch.equal(x, y)
     for (_, block), processor in zip(denoiser.blocks, processors):
         assert block.attn.processor is processor
-        assert not block._forward_pre_hooks
+        assert not block._forward_pre_hooks and not block.attn.to_q._forward_hooks and not block.attn.to_k._forward_hooks
 
 
 def test_recorded_maps_equal_naive_softmax(denoiser, monkeypatch):

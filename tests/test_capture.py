@@ -14,7 +14,7 @@ from cslg import inspect as inspect_cli
 from cslg.activations import load_capture, read_metadata
 from cslg.capture import CaptureConfig, capture_pair, resolve_steps, run_capture
 from cslg.denoiser import Pass, make_denoiser
-from cslg.prompts import PromptFileError, PromptPair
+from cslg.prompts import PromptPair
 
 from .conftest import H, MSL, STEPS, W, tiny
 
@@ -140,14 +140,16 @@ def test_scripts_and_inspect(tmp_path, capsys, root):
 
 def test_bad_input_errors(tmp_path):
     base = ["--model", "tiny-sd3", "--steps", "2", "--height", "32", "--width", "32", "--out", str(tmp_path / "x.st")]
-    with pytest.raises(PromptFileError, match="not found|No such file"):
+    with pytest.raises(SystemExit, match="--prompts: .*missing.json"):
         sd3_script.main([*base, "--prompts", str(tmp_path / "missing.json")])
     bad = tmp_path / "bad.json"
     bad.write_text("[{\"no_text\": \"a\"")
-    with pytest.raises(PromptFileError, match="bad.json"):
+    with pytest.raises(SystemExit, match="--prompts: .*bad.json"):
         sd3_script.main([*base, "--prompts", str(bad)])
     good = tmp_path / "good.json"
     good.write_text(json.dumps([{"no_text": "a", "with_text": "a 'b'"}]))
+    with pytest.raises(SystemExit, match="--model .*no model_index.json"):
+        sd3_script.main([*base, "--prompts", str(good), "--pairs", "1", "--model", str(tmp_path)])
     with pytest.raises(SystemExit, match="--save-activations: unknown layer '9': valid layers are 0-5"):
         sd3_script.main([*base, "--prompts", str(good), "--pairs", "1", "--save-activations", "9"])
     with pytest.raises(SystemExit):
