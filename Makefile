@@ -30,7 +30,7 @@ demo: install
 	$(PY) visualize.py $(DEMO_OUT)/sd35_capture.safetensors --out $(DEMO_OUT)/sd35_analysis --dpi 100
 	@echo "== step 3: final-experiment grids with the layers from step 2 =="
 	$(PY) FLUX_final_experiments.py --model tiny-flux --limit 3 --seeds 0,1 $(DEMO_SIZE) \
-		--methods none cfg cslg scfg concept --cfg-scales 1,3.5 --cslg-scales 1 \
+		--methods none cfg cslg scfg concept --cfg-scales 1,3.5 --cslg-scales 1,2 \
 		--layers-from $(DEMO_OUT)/flux_analysis/layers.json --top-k 2 --out $(DEMO_OUT)/flux_run
 	$(PY) SD3_final_experiments.py --model tiny-sd35 --limit 3 --seeds 0,1 $(DEMO_SIZE) \
 		--methods none cfg slg cslg scfg concept --slg-layers 3 4 \

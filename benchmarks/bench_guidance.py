@@ -40,8 +40,9 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def timed(fn, repeats: int = REPEATS) -> float:
-    fn()  # warm-up
+def timed(fn, repeats: int = REPEATS, warmup: bool = True) -> float:
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         if device() == "cuda":
@@ -92,9 +93,15 @@ def against_diffusers(pipe, size: int, steps: int) -> None:
     def ours_cfg():
         generate(d, CFG(CFG_SCALE), Request(PROMPT), 0, steps, size, size, 128, output_type="latent")
 
-    t = {name: timed(fn, 3) for name, fn in
-         [("diffusers SLG", diffusers_slg), ("ours cslg", ours_slg), ("diffusers CFG", diffusers_cfg), ("ours cfg", ours_cfg)]}
-    print(f"\n[sd3] whole generation, {steps} steps, skip layer 6 of 12 at every step, median of 3")
+    runs = {"diffusers SLG": diffusers_slg, "ours cslg": ours_slg, "diffusers CFG": diffusers_cfg, "ours cfg": ours_cfg}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for fn in runs.values():
+        fn()  # warm-up
+    for _ in range(REPEATS):  # interleaved, so drifts in machine load hit every variant alike
+        for name, fn in runs.items():
+            times[name].append(timed(fn, repeats=1, warmup=False))
+    t = {name: statistics.median(v) for name, v in times.items()}
+    print(f"\n[sd3] whole generation, {steps} steps, skip layer 6 of 12 at every step, median of {REPEATS} interleaved")
     for name, sec in t.items():
         print(f"{name:>14}: {sec:.3f} s")
     print(f"ours cslg / diffusers SLG = {t['ours cslg'] / t['diffusers SLG']:.3f} (target < 1.0; "

@@ -23,7 +23,7 @@ import torch
 
 from .denoiser import Pass
 from .guidance import GuidanceMethod, Request, cfg
-from .text import _closing_quote, normalize_text
+from .text import normalize_text, quoted_spans
 
 FLUX_PATCH_PIXELS = 4  # a packed FLUX token holds a 2x2 patch of every latent channel, channel-major
 SPACY_MODEL = "en_core_web_sm"
@@ -118,7 +118,7 @@ def split_concepts(prompt: str, splitter: str = "simple") -> list[str]:
     if splitter != "simple":
         raise ValueError(f"concept splitter must be one of {SPLITTERS}, got {splitter!r}")
     text = normalize_text(prompt)
-    quoted = _quoted_spans(text)
+    quoted = quoted_spans(text)
     pieces, start = [], 0
     for sep in _SEPARATOR.finditer(text):
         if not any(a <= sep.start() < b for a, b in quoted):
@@ -126,19 +126,6 @@ def split_concepts(prompt: str, splitter: str = "simple") -> list[str]:
             start = sep.end()
     pieces.append(text[start:])
     return [p.strip() for p in pieces if p.strip()]
-
-
-def _quoted_spans(text: str) -> list[tuple[int, int]]:
-    """``(start, end)`` of every quoted span (quotes as ``cslg.text.extract_quoted`` reads them)."""
-    spans, i = [], 0
-    while i < len(text):
-        end = _closing_quote(text, i)
-        if end is None:
-            i += 1
-        else:
-            spans.append((i, end + 1))
-            i = end + 1
-    return spans
 
 
 def _noun_chunks(prompt: str) -> list[str]:

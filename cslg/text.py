@@ -25,18 +25,20 @@ def extract_quoted(prompt: str) -> list[str]:
     words are not quotes: ``Joe's 'Diner'`` gives ``["Diner"]``.
     """
     text = normalize_text(prompt)
-    found: list[str] = []
-    i = 0
+    return [q for a, b in quoted_spans(text) if (q := text[a + 1 : b - 1].strip())]
+
+
+def quoted_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of every quoted span of ``text``, quotes included (``text[start:end]``), in order."""
+    spans, i = [], 0
     while i < len(text):
         end = _closing_quote(text, i)
         if end is None:
             i += 1
-            continue
-        quoted = text[i + 1 : end].strip()
-        if quoted:
-            found.append(quoted)
-        i = end + 1
-    return found
+        else:
+            spans.append((i, end + 1))
+            i = end + 1
+    return spans
 
 
 def _closing_quote(text: str, start: int) -> int | None:
