@@ -177,31 +177,30 @@ def run_grid_command(args: argparse.Namespace, family: str, default_layers: list
     if args.layers is not None:
         layers = parse_layer_list(args.layers)
     elif args.layers_from is not None:
-        layers = read_layers_json(args.layers_from, args.top_k)
+        layers = parse_layer_list(read_layers_json(args.layers_from, args.top_k))
     else:
-        layers = [str(x) for x in default_layers]
+        layers = parse_layer_list([str(x) for x in default_layers])
     if family == "sd3" and args.guidance is not None:
         args.cfg_scales = [args.guidance]  # SD3's "guidance_scale" is the CFG scale, as in diffusers
-    device = args.device
-    if device is None and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
-        device = f"cuda:{os.environ['LOCAL_RANK']}"  # one process per GPU under accelerate launch
-    args.device = device
-    pipe = load_from_args(args, family)
-    try:
-        layers = resolve_layers(pipe.transformer, layers) if "cslg" in args.methods else layers
-        settings = GridSettings(
+    try:  # every method is built before the model loads, so bad settings fail fast
+        methods = build_methods(GridSettings(
             methods=tuple(args.methods), cfg_scales=tuple(args.cfg_scales), cslg_scales=tuple(args.cslg_scales),
             layers=tuple(layers), layer_combinations=args.layer_combinations,
             layer_weights=tuple(args.layer_weights) if args.layer_weights else None,
             cslg_start=args.cslg_start, cslg_stop=args.cslg_stop, slg_layers=tuple(parse_layer_list(args.slg_layers)),
             slg_start=args.slg_start, slg_stop=args.slg_stop,
-        )
-        methods = build_methods(settings)
-        for method in methods:
-            if isinstance(method, SkipLayerGuidance):
-                resolve_layers(pipe.transformer, method.layers)
-    except (LayerError, ValueError) as e:
+        ))
+    except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    if args.device is None and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        args.device = f"cuda:{os.environ['LOCAL_RANK']}"  # one process per GPU under accelerate launch
+    pipe = load_from_args(args, family)
+    for method in methods:
+        if isinstance(method, SkipLayerGuidance):
+            try:
+                resolve_layers(pipe.transformer, method.layers)
+            except LayerError as e:
+                raise SystemExit(f"error: {method.name}: {e}") from None
     image_settings = ImageSettings(
         steps=args.steps, height=args.height, width=args.width, max_sequence_length=args.max_sequence_length,
         negative_prompt=args.negative_prompt, guidance=args.guidance if family == "flux" else None,
@@ -210,7 +209,10 @@ def run_grid_command(args: argparse.Namespace, family: str, default_layers: list
     groups = enumerate_groups(prompts, args.seeds, methods)
     print(f"grid: {len(prompts)} prompts x {len(args.seeds)} seeds x {len(methods)} method settings "
           f"= {len(prompts) * len(args.seeds) * len(methods)} images; shard {shard[0]}/{shard[1]}")
-    manifest = run_grid(denoiser, groups, image_settings, args.out, args.model, shard)
+    try:
+        manifest = run_grid(denoiser, groups, image_settings, args.out, args.model, shard)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"run folder: {args.out}\n  manifest: {manifest}\n  contact sheets: {Path(args.out) / 'contact_sheets'}")
     print(f"score it with: python eval.py --run {args.out}")
     return manifest

@@ -39,11 +39,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 from tqdm import tqdm
 
-from cslg.io import atomic_write, read_jsonl
-from cslg.metrics import METRICS, bootstrap_ci, score
-from cslg.ocr import OCREngine
-from cslg.prompts import load_generation_prompts
-from cslg.text import extract_quoted, normalize_text, prompt_slug
+from .io import atomic_write, read_jsonl
+from .metrics import METRICS, bootstrap_ci, score
+from .ocr import OCREngine
+from .prompts import load_generation_prompts
+from .text import extract_quoted, normalize_text, prompt_slug
 
 MANIFEST = "manifest.jsonl"
 PER_IMAGE_CSV = "per_image.csv"

@@ -19,7 +19,7 @@ import itertools
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .contact_sheet import contact_sheet
 from .denoiser import Denoiser
 from .guidance import SLG_LAYERS, SLG_SCALE, SLG_START, SLG_STOP, CFG, GuidanceMethod, NoGuidance, Request, SkipLayerGuidance
-from .io import append_jsonl, atomic_write, atomic_write_text, read_jsonl
+from .io import append_jsonl, atomic_write, atomic_write_json, atomic_write_text, read_jsonl
 from .prompts import GenerationPrompt
 from .sampling import generate
 from .text import prompt_slug
@@ -220,6 +220,20 @@ def merge_manifests(out: Path) -> Path:
     return atomic_write_text(out / "manifest.jsonl", text)
 
 
+def check_run_settings(out: Path, settings: ImageSettings, model: str) -> None:
+    """Write ``out/run.json``, or fail if the folder was made with another model or image settings."""
+    wanted = {"model": model, **asdict(settings)}
+    path = out / "run.json"
+    if path.exists():
+        found = json.loads(path.read_text(encoding="utf-8"))
+        changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
+        if changed:
+            diff = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(f"{out} holds a run with other settings ({diff}); choose another --out")
+    else:
+        atomic_write_json(path, wanted)
+
+
 def run_grid(
     denoiser: Denoiser,
     groups: list[list[Job]],
@@ -229,16 +243,23 @@ def run_grid(
     shard: tuple[int, int] = (0, 1),
     progress: bool = True,
 ) -> Path:
-    """Generate this shard's groups into ``out``; returns the merged manifest path."""
+    """Generate this shard's groups into ``out``; returns the merged manifest path.
+
+    ``out/run.json`` records the model and image settings: a run folder only resumes or grows (more
+    prompts, seeds, methods) under the same ones, since they are not part of the image names.
+    """
     out = Path(out)
+    check_run_settings(out, settings, model)
     mine = shard_groups(groups, *shard)
     shard_manifest = out / "manifests" / f"shard-{shard[0]:03d}-of-{shard[1]:03d}.jsonl"
     done = {r["image"] for _, r in read_jsonl(shard_manifest)} if shard_manifest.exists() else set()
     bar = tqdm(total=sum(len(g) for g in mine), desc=f"images (shard {shard[0]}/{shard[1]})", disable=not progress)
     for group in mine:
+        generated = False
         for job in group:
             path = out / job.image
             if not path.exists():
+                generated = True
                 request = Request(job.prompt.prompt, settings.negative_prompt, job.prompt.concepts or ())
                 image = generate(denoiser, job.method, request, job.seed, settings.steps, settings.height,
                                  settings.width, settings.max_sequence_length)
@@ -248,7 +269,7 @@ def run_grid(
                 done.add(job.image)
             bar.update()
         sheet = out / "contact_sheets" / f"{prompt_slug(group[0].prompt.prompt)}_seed{group[0].seed}.png"
-        if not sheet.exists():
+        if generated or not sheet.exists():
             contact_sheet([out / j.image for j in group], [method_label(j.method) for j in group],
                           f"seed {group[0].seed}: {group[0].prompt.prompt}", sheet)
     bar.close()

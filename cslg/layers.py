@@ -55,6 +55,7 @@ def get_block(transformer: nn.Module, name: str | int) -> nn.Module:
 
 
 def parse_layer_list(text: str | Sequence[str]) -> list[str]:
-    """Split a CLI value like ``"3,8 s12"`` or ``["3", "8,s12"]`` into layer tokens (not yet validated)."""
+    """Split a CLI value like ``"3,8 S12"`` or ``["3", "8,s12"]`` into lowercase layer tokens (not yet
+    validated against a model: see ``resolve_layers``)."""
     parts = [text] if isinstance(text, str) else list(text)
-    return [tok for part in parts for tok in part.replace(",", " ").split()]
+    return [tok.lower() for part in parts for tok in part.replace(",", " ").split()]

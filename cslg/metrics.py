@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cslg.text import normalize_text
+from .text import normalize_text
 
 APOSTROPHES = "'’"
 

@@ -108,6 +108,8 @@ def test_run_resume_after_interruption_and_shards_merge(sd3_pipe, tmp_path, monk
     assert cslg["params"]["layers"] == ["1", "3"] and cslg["params"]["cslg_scale"] == 2.0
     sheets = sorted((tmp_path / "contact_sheets").glob("*.png"))
     assert len(sheets) == 4 and Image.open(sheets[0]).width == 3 * 256
+    with pytest.raises(ValueError, match="other settings .*steps 3 -> 4"):
+        run_grid(d, groups, ImageSettings(steps=4, height=32, width=32, max_sequence_length=64), tmp_path, "tiny-sd3")
 
 
 def _prompt_file(tmp_path):
@@ -138,9 +140,9 @@ def test_script_errors(tmp_path):
     base = ["--model", "tiny-sd3", "--prompts", prompts, *TINY, "--out", str(tmp_path / "run")]
     with pytest.raises(SystemExit, match="unknown method 'fancy'"):
         sd3_script.main([*base, "--methods", "fancy"])
-    with pytest.raises(SystemExit, match="unknown layer '24': valid layers are 0-5"):
-        sd3_script.main([*base, "--layers", "24"])
-    with pytest.raises(SystemExit, match="unknown layer '7'"):
+    with pytest.raises(SystemExit, match="cslg: unknown layer '24': valid layers are 0-5"):
+        sd3_script.main([*base, "--layers", "24", "--slg-layers", "3"])
+    with pytest.raises(SystemExit, match="slg: unknown layer '7'"):
         sd3_script.main([*base, "--layers", "1"])  # diffusers' SLG layers 7,8,9 do not exist in the tiny model
     with pytest.raises(SystemExit, match="--cslg-scales"):
         sd3_script.main([*base, "--layers", "1", "--slg-layers", "2", "--cslg-scales", "-2"])
