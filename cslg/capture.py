@@ -135,8 +135,10 @@ def capture_pair(denoiser: Denoiser, pair: PromptPair, config: CaptureConfig) ->
     return out
 
 
-def _config_hash(config: CaptureConfig) -> str:
-    return hashlib.sha1(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+def _config_hash(config: CaptureConfig, pairs: Sequence[PromptPair]) -> str:
+    """Identity of a capture run: its settings and the prompt texts (a partial run resumes only under both)."""
+    key = [asdict(config), [[p.negative, p.positive] for p in pairs]]
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def resolve_steps(steps: Sequence[int], num_steps: int, flag: str = "--save-steps") -> tuple[int, ...]:
@@ -158,12 +160,13 @@ def run_capture(
     partial = out.with_name(out.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     stamp = partial / "config.json"
-    if stamp.exists() and json.loads(stamp.read_text())["hash"] != _config_hash(config):
+    run_hash = _config_hash(config, pairs)
+    if stamp.exists() and json.loads(stamp.read_text())["hash"] != run_hash:
         raise ValueError(
-            f"{partial} holds an unfinished capture with different settings; "
+            f"{partial} holds an unfinished capture with different settings or prompts; "
             f"delete it or choose another --out"
         )
-    atomic_write_json(stamp, {"hash": _config_hash(config), "config": asdict(config)})
+    atomic_write_json(stamp, {"hash": run_hash, "config": asdict(config)})
     parts = []
     for p, pair in enumerate(tqdm(pairs, desc="pairs", disable=not progress)):
         part = partial / f"pair_{p:05d}.safetensors"

@@ -30,7 +30,8 @@ def contact_sheet(images: Sequence[Path], labels: Sequence[str], title: str, pat
     for image_path in images:
         with Image.open(image_path) as im:
             scale = tile / im.width
-            tiles.append(im.convert("RGB").resize((tile, max(1, round(im.height * scale)))))
+            resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS  # keep small images crisp
+            tiles.append(im.convert("RGB").resize((tile, max(1, round(im.height * scale))), resample))
     tile_h = max(t.height for t in tiles)
     title_lines = textwrap.wrap(title, width=max(20, cols * tile // 9))[:3]
     top = TITLE_HEIGHT + 18 * (len(title_lines) - 1)

@@ -10,7 +10,7 @@ so upstream FLUX "scale 2.0" is ``s = 1.0`` here.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ContextManager, Sequence
 
 import torch
