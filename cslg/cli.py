@@ -13,7 +13,7 @@ import torch
 from .capture import TRAJECTORIES, CaptureConfig, resolve_steps, run_capture
 from .denoiser import make_denoiser
 from .grid import LAYER_COMBINATIONS, METHODS, GridSettings, ImageSettings, build_methods, enumerate_groups, parse_shard, run_grid
-from .guidance import SLG_LAYERS, SLG_START, SLG_STOP, SkipLayerGuidance
+from .guidance import SLG_LAYERS, SLG_START, SLG_STOP
 from .layers import LayerError, parse_layer_list, resolve_layers
 from .models import OFFLOAD_MODES, load_pipeline
 from .prompts import PromptFileError, load_generation_prompts, load_pairs
@@ -142,6 +142,8 @@ def grid_parser(doc: str, **d) -> argparse.ArgumentParser:
     p.add_argument("--slg-layers", nargs="+", default=list(SLG_LAYERS), help="slg (diffusers SLG) layers")
     p.add_argument("--slg-start", type=float, default=SLG_START, help="slg (diffusers SLG) window start")
     p.add_argument("--slg-stop", type=float, default=SLG_STOP, help="slg (diffusers SLG) window stop")
+    p.add_argument("--scfg-layers", nargs="+", default=None, help="blocks whose attention S-CFG records (default: middle third)")
+    p.add_argument("--concept-scales", type=float_list, default=[7.5], help="ConceptDiffusion guidance scales w_g")
     p.add_argument("--guidance", type=float, default=d["guidance"], help=d["guidance_help"])
     p.add_argument("--negative-prompt", default=d["negative_prompt"], help="negative prompt of the unconditional pass")
     p.add_argument("--shard", default=None, help="i/n: run shard i of n (default: from accelerate / SLURM env, else 0/1)")
@@ -189,6 +191,8 @@ def run_grid_command(args: argparse.Namespace, family: str, default_layers: list
             layer_weights=tuple(args.layer_weights) if args.layer_weights else None,
             cslg_start=args.cslg_start, cslg_stop=args.cslg_stop, slg_layers=tuple(parse_layer_list(args.slg_layers)),
             slg_start=args.slg_start, slg_stop=args.slg_stop,
+            scfg_layers=tuple(parse_layer_list(args.scfg_layers)) if args.scfg_layers else None,
+            concept_scales=tuple(args.concept_scales),
         ))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
@@ -196,7 +200,7 @@ def run_grid_command(args: argparse.Namespace, family: str, default_layers: list
         args.device = f"cuda:{os.environ['LOCAL_RANK']}"  # one process per GPU under accelerate launch
     pipe = load_from_args(args, family)
     for method in methods:
-        if isinstance(method, SkipLayerGuidance):
+        if getattr(method, "layers", None):  # cslg / slg skip sets, S-CFG's recorded blocks
             try:
                 resolve_layers(pipe.transformer, method.layers)
             except LayerError as e:

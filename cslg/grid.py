@@ -53,6 +53,8 @@ class GridSettings:
     slg_scale: float = SLG_SCALE
     slg_start: float = SLG_START
     slg_stop: float = SLG_STOP
+    scfg_layers: tuple[str, ...] | None = None  # None: S-CFG's default (middle third of the double-stream blocks)
+    concept_scales: tuple[float, ...] = (7.5,)  # ConceptDiffusion's w_g
 
 
 def layer_sets(layers: Sequence[str], combinations: str) -> list[tuple[str, ...]]:
@@ -99,11 +101,12 @@ def build_methods(s: GridSettings) -> list[GuidanceMethod]:
         elif name == "scfg":
             from .scfg import SCFG
 
-            out += [SCFG(cfg_scale=w) for w in cfg_scales]
+            out += [SCFG(cfg_scale=w, layers=s.scfg_layers) for w in cfg_scales]
         elif name == "concept":
             from .concept import ConceptDiffusion
 
-            out += [ConceptDiffusion(cfg_scale=w) for w in cfg_scales]
+            concept_scales = [check_scale(x, "--concept-scales") for x in s.concept_scales]
+            out += [ConceptDiffusion(cfg_scale=w, concept_scale=g) for w in cfg_scales for g in concept_scales]
     return out
 
 
@@ -111,7 +114,7 @@ def method_tag(method: GuidanceMethod) -> str:
     """Short, file-name-safe, readable and unique tag of a method and its settings."""
     params = method.params()
     readable = [method.name]
-    if "layers" in params:
+    if isinstance(params.get("layers"), list):
         readable.append("L" + "-".join(params["layers"]))
     for key, short in (("cfg_scale", "w"), ("cslg_scale", "s")):
         if key in params:
@@ -125,12 +128,14 @@ def method_label(method: GuidanceMethod) -> str:
     """Label of a method in contact sheets."""
     params = method.params()
     parts = [method.name]
-    if "layers" in params:
+    if isinstance(params.get("layers"), list):
         parts.append("[" + ",".join(params["layers"]) + "]")
     if "cslg_scale" in params:
         parts.append(f"s={params['cslg_scale']:g}")
     if "cfg_scale" in params:
         parts.append(f"w={params['cfg_scale']:g}")
+    if "concept_scale" in params:
+        parts.append(f"g={params['concept_scale']:g}")
     return " ".join(parts)
 
 

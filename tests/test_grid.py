@@ -32,6 +32,9 @@ def test_layer_sets_and_grid_size():
     assert layer_sets(["9", "12"], "given") == [("9", "12")]
     methods = build_methods(_settings())
     assert len(methods) == 1 + 2 + 3 * 2 * 2
+    baselines = build_methods(_settings(methods=("scfg", "concept"), concept_scales=(5.0, 7.5), scfg_layers=("2",)))
+    assert [m.name for m in baselines] == ["scfg", "scfg", "concept", "concept", "concept", "concept"]
+    assert baselines[0].layers == ("2",) and {m.concept_scale for m in baselines[2:]} == {5.0, 7.5}
     assert len({method_tag(m) for m in methods}) == len(methods)
     groups = enumerate_groups(PROMPTS, [0, 42, 7], methods)
     assert len(groups) == 6 and all(len(g) == len(methods) for g in groups)
@@ -153,5 +156,9 @@ def test_script_errors(tmp_path):
     (tmp_path / "bad.json").write_text("{\"rank\": 1}")
     with pytest.raises(SystemExit, match="not a layers.json"):
         sd3_script.main([*base, "--layers-from", str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit, match="scfg: unknown layer 's1'"):
+        sd3_script.main([*base, "--methods", "scfg", "--scfg-layers", "2", "s1"])
+    with pytest.raises(SystemExit, match="--concept-scales"):
+        sd3_script.main([*base, "--methods", "concept", "--concept-scales", "inf"])
     with pytest.raises(SystemExit, match="--shard"):
         sd3_script.main([*base, "--layers", "1", "--shard", "x"])
