@@ -19,12 +19,21 @@ from .models import OFFLOAD_MODES, load_pipeline
 from .prompts import PromptFileError, load_generation_prompts, load_pairs
 
 
+def _number_list(text: str, cast: type, kind: str) -> list:
+    try:
+        return [cast(tok) for tok in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {kind} separated by commas or spaces, got {text!r}") from None
+
+
 def int_list(text: str) -> list[int]:
     """``"0,42 123"`` -> ``[0, 42, 123]`` (argparse type)."""
-    try:
-        return [int(tok) for tok in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers separated by commas or spaces, got {text!r}") from None
+    return _number_list(text, int, "integers")
+
+
+def float_list(text: str) -> list[float]:
+    """``"5,7.5 9"`` -> ``[5.0, 7.5, 9.0]`` (argparse type)."""
+    return _number_list(text, float, "numbers")
 
 
 def add_model_args(p: argparse.ArgumentParser, model: str) -> None:
@@ -32,6 +41,20 @@ def add_model_args(p: argparse.ArgumentParser, model: str) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--offload", choices=OFFLOAD_MODES, default="none", help="model / sequential CPU offload (GPU only)")
+
+
+def add_image_args(p: argparse.ArgumentParser, d: dict, steps_help: str | None = None) -> None:
+    p.add_argument("--steps", type=int, default=d["steps"], help=steps_help)
+    p.add_argument("--height", type=int, default=d["height"])
+    p.add_argument("--width", type=int, default=d["width"])
+    p.add_argument("--max-sequence-length", type=int, default=d["max_sequence_length"])
+
+
+def require_positive(args: argparse.Namespace, *flags: str) -> None:
+    """Exit with a message naming the first of ``flags`` (argparse dests) that is below 1."""
+    for flag in flags:
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
 
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -57,12 +80,9 @@ def capture_parser(doc: str, **defaults) -> argparse.ArgumentParser:
     add_model_args(p, defaults["model"])
     p.add_argument("--prompts", default=defaults["prompts"], help="JSON pair file (no_text/with_text or negative/positive)")
     p.add_argument("--pairs", type=int, default=defaults["pairs"], help="use the first N pairs")
-    p.add_argument("--steps", type=int, default=defaults["steps"], help="denoising steps (fixed for every pair)")
+    add_image_args(p, defaults, "denoising steps (fixed for every pair)")
     p.add_argument("--seed", type=int, default=defaults["seed"], help="noise seed, the same for both prompts of a pair")
-    p.add_argument("--height", type=int, default=defaults["height"])
-    p.add_argument("--width", type=int, default=defaults["width"])
     p.add_argument("--guidance", type=float, default=defaults["guidance"], help=defaults["guidance_help"])
-    p.add_argument("--max-sequence-length", type=int, default=defaults["max_sequence_length"])
     p.add_argument("--trajectory", choices=TRAJECTORIES, default=defaults["trajectory"],
                    help="independent: each prompt its own trajectory from the same noise (paper); "
                         "shared: both prompts on the first prompt's trajectory")
@@ -76,9 +96,7 @@ def capture_parser(doc: str, **defaults) -> argparse.ArgumentParser:
 
 def run_capture_command(args: argparse.Namespace, family: str) -> Path:
     """Validate the flags, load the model and pairs, capture, and print where the file is."""
-    for flag in ("pairs", "steps", "height", "width", "max_sequence_length"):
-        if getattr(args, flag) < 1:
-            raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    require_positive(args, "pairs", "steps", "height", "width", "max_sequence_length")
     pairs = prompts_from_args(load_pairs, args, args.pairs)
     pipe = load_from_args(args, family)
     denoiser = make_denoiser(pipe, guidance=args.guidance)
@@ -108,14 +126,6 @@ def run_capture_command(args: argparse.Namespace, family: str) -> Path:
     return out
 
 
-def float_list(text: str) -> list[float]:
-    """``"5,7.5 9"`` -> ``[5.0, 7.5, 9.0]`` (argparse type)."""
-    try:
-        return [float(tok) for tok in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas or spaces, got {text!r}") from None
-
-
 def grid_parser(doc: str, **d) -> argparse.ArgumentParser:
     """Flags of the final-experiment scripts; ``d`` holds the script's constants."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,10 +134,7 @@ def grid_parser(doc: str, **d) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
     p.add_argument("--out", default=d["out"], help="run folder")
     p.add_argument("--seeds", type=int_list, default=d["seeds"], help="e.g. '0,42,123'")
-    p.add_argument("--steps", type=int, default=d["steps"])
-    p.add_argument("--height", type=int, default=d["height"])
-    p.add_argument("--width", type=int, default=d["width"])
-    p.add_argument("--max-sequence-length", type=int, default=d["max_sequence_length"])
+    add_image_args(p, d)
     p.add_argument("--methods", nargs="+", default=d["methods"], help=f"any of {', '.join(METHODS)}")
     p.add_argument("--cfg-scales", type=float_list, default=d["cfg_scales"], help="CFG scales w (all CFG-based methods)")
     p.add_argument("--cslg-scales", type=float_list, default=d["cslg_scales"], help="skip-guidance scales s for cslg")
@@ -166,9 +173,7 @@ def read_layers_json(path: str, top_k: int) -> list[str]:
 
 def run_grid_command(args: argparse.Namespace, family: str, default_layers: list) -> Path:
     """Validate the flags, build the grid, generate this shard's images, and print where they are."""
-    for flag in ("steps", "height", "width", "max_sequence_length"):
-        if getattr(args, flag) < 1:
-            raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    require_positive(args, "steps", "height", "width", "max_sequence_length")
     if not args.seeds:
         raise SystemExit("--seeds: give at least one seed")
     try:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from .denoiser import Pass
-from .guidance import GuidanceMethod, Request, cfg
+from .guidance import GuidanceMethod, Request, cfg, check_window
 from .text import normalize_text, quoted_spans
 
 FLUX_PATCH_PIXELS = 4  # a packed FLUX token holds a 2x2 patch of every latent channel, channel-major
@@ -159,8 +159,7 @@ class ConceptDiffusion(GuidanceMethod):
     name = "concept"
 
     def __post_init__(self):
-        if not 0.0 <= self.start <= self.stop <= 1.0:
-            raise ValueError(f"concept: need 0 <= start <= stop <= 1, got {self.start}, {self.stop}")
+        check_window(self.name, self.start, self.stop)
         if self.concept_splitter not in SPLITTERS:
             raise ValueError(f"concept: concept_splitter must be one of {SPLITTERS}, got {self.concept_splitter!r}")
 

@@ -126,12 +126,31 @@ class Denoiser:
     def unembed(self, hidden, temb, latents) -> torch.Tensor:
         raise NotImplementedError
 
+    def unpack(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Latents in the VAE's ``[B, C, H, W]`` layout (FLUX packs them into tokens)."""
+        return latents
+
     def decode(self, latents: torch.Tensor, height: int, width: int, output_type: str = "pil"):
-        raise NotImplementedError
+        """Images from final latents, as the pipelines decode them."""
+        vae = self.pipe.vae
+        latents = self.unpack(latents, height, width) / vae.config.scaling_factor + vae.config.shift_factor
+        image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
+        return self.pipe.image_processor.postprocess(image, output_type=output_type)
 
 
 def _select(cond: Conditioning, rows: list[int]) -> Conditioning:
     return Conditioning(cond.prompt_embeds[rows], cond.pooled[rows], cond.text_ids)
+
+
+def _shift(scheduler, image_seq_len: int, max_shift: float) -> float:
+    """The pipelines' resolution-dependent timestep shift ``mu`` (``max_shift``: the pipeline's default)."""
+    return calculate_shift(
+        image_seq_len,
+        scheduler.config.get("base_image_seq_len", 256),
+        scheduler.config.get("max_image_seq_len", 4096),
+        scheduler.config.get("base_shift", 0.5),
+        scheduler.config.get("max_shift", max_shift),
+    )
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -159,13 +178,7 @@ class SD3Denoiser(Denoiser):
         scheduler, kwargs = self.pipe.scheduler, {}
         if scheduler.config.get("use_dynamic_shifting", None):
             patch = self.transformer.config.patch_size
-            kwargs["mu"] = calculate_shift(
-                (latents.shape[-2] // patch) * (latents.shape[-1] // patch),
-                scheduler.config.get("base_image_seq_len", 256),
-                scheduler.config.get("max_image_seq_len", 4096),
-                scheduler.config.get("base_shift", 0.5),
-                scheduler.config.get("max_shift", 1.16),
-            )
+            kwargs["mu"] = _shift(scheduler, (latents.shape[-2] // patch) * (latents.shape[-1] // patch), 1.16)
         return retrieve_timesteps(scheduler, steps, self.device, **kwargs)[0]
 
     def embed(self, latents, t, cond):
@@ -182,12 +195,6 @@ class SD3Denoiser(Denoiser):
         h, w = latents.shape[-2] // p, latents.shape[-1] // p
         hidden = hidden.reshape(hidden.shape[0], h, w, p, p, c)
         return torch.einsum("nhwpqc->nchpwq", hidden).reshape(hidden.shape[0], c, h * p, w * p)
-
-    def decode(self, latents, height, width, output_type="pil"):
-        vae = self.pipe.vae
-        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
-        image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
-        return self.pipe.image_processor.postprocess(image, output_type=output_type)
 
 
 class FluxDenoiser(Denoiser):
@@ -216,13 +223,7 @@ class FluxDenoiser(Denoiser):
     def timesteps(self, steps: int, latents: torch.Tensor) -> torch.Tensor:
         scheduler = self.pipe.scheduler
         sigmas = None if scheduler.config.get("use_flow_sigmas", False) else np.linspace(1.0, 1 / steps, steps)
-        mu = calculate_shift(
-            latents.shape[1],
-            scheduler.config.get("base_image_seq_len", 256),
-            scheduler.config.get("max_image_seq_len", 4096),
-            scheduler.config.get("base_shift", 0.5),
-            scheduler.config.get("max_shift", 1.15),
-        )
+        mu = _shift(scheduler, latents.shape[1], 1.15)
         timesteps = retrieve_timesteps(scheduler, steps, self.device, sigmas=sigmas, mu=mu)[0]
         scheduler.set_begin_index(0)
         return timesteps
@@ -247,12 +248,8 @@ class FluxDenoiser(Denoiser):
         tr = self.transformer
         return tr.proj_out(tr.norm_out(hidden, temb))
 
-    def decode(self, latents, height, width, output_type="pil"):
-        vae = self.pipe.vae
-        latents = self.pipe._unpack_latents(latents, height, width, self.pipe.vae_scale_factor)
-        latents = latents / vae.config.scaling_factor + vae.config.shift_factor
-        image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
-        return self.pipe.image_processor.postprocess(image, output_type=output_type)
+    def unpack(self, latents, height, width):
+        return self.pipe._unpack_latents(latents, height, width, self.pipe.vae_scale_factor)
 
 
 def make_denoiser(pipe: DiffusionPipeline, guidance: float = 3.5) -> Denoiser:

@@ -46,6 +46,12 @@ def in_window(step: int, num_steps: int, start: float, stop: float) -> bool:
     return num_steps * start < step < num_steps * stop
 
 
+def check_window(name: str, start: float, stop: float) -> None:
+    """A step window is two fractions of the steps with ``0 <= start <= stop <= 1``."""
+    if not 0.0 <= start <= stop <= 1.0:
+        raise ValueError(f"{name}: need 0 <= start <= stop <= 1, got {start}, {stop}")
+
+
 # Methods ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Request:
@@ -140,8 +146,7 @@ class SkipLayerGuidance(GuidanceMethod):
                 raise ValueError(f"{self.name}: {len(self.weights)} weights for {len(self.layers)} layers")
             if sum(self.weights) <= 0 or any(w < 0 for w in self.weights):
                 raise ValueError(f"{self.name}: layer weights must be non-negative with a positive sum")
-        if not 0.0 <= self.start <= self.stop <= 1.0:
-            raise ValueError(f"{self.name}: need 0 <= start <= stop <= 1, got {self.start}, {self.stop}")
+        check_window(self.name, self.start, self.stop)
 
     @property
     def use_cfg(self) -> bool:
