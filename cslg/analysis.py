@@ -12,11 +12,14 @@ carries the feature. Layers are ranked by that mean, most negative first.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from .activations import Capture
+from .io import atomic_write_json
 
 METRICS = ("difference", "relative")
 
@@ -91,3 +94,45 @@ def merge_captures(captures: list[Capture]) -> torch.Tensor:
                     "only captures of the same model and step count can be combined"
                 )
     return torch.cat([cap.cosine for cap in captures], dim=0)
+
+
+YLABELS = {"difference": "change in cosine similarity", "relative": "relative change in cosine similarity"}
+
+
+def analyse(captures: list[Capture], out: str | Path, metric: str = "difference", step: int | None = None,
+            top_k: int = 3, title: str | None = None, dpi: int = 300, ylim: float | None = None) -> dict:
+    """Rank the layers of ``captures`` (one model) and write ``out/layers.json``, the per-layer figure and the
+    layers x steps heatmap. Returns the ``layers.json`` content (its path under ``"path"``)."""
+    from .plots import plot_layer_change, plot_step_heatmap
+
+    cosine = merge_captures(captures)
+    first = captures[0]
+    names, groups = first.layer_names, first.metadata.get("block_groups", ())
+    model = title or first.model.rstrip("/").split("/")[-1]
+    scores = per_pair_scores(cosine, metric, step)
+    ranking = rank_layers(scores, names)
+    out = Path(out)
+    when = "mean over steps" if step is None else f"step {step}"
+    figure = plot_layer_change(
+        scores, names, f"{model}: {YLABELS[metric].capitalize()} per Layer ({when})",
+        YLABELS[metric], out / f"{model}_{metric}_per_layer.png", dpi, ylim, groups,
+    )
+    heatmap = plot_step_heatmap(
+        layer_change(cosine.double(), metric).mean(0), names,
+        f"{model}: {YLABELS[metric]} per layer and step", out / f"{model}_{metric}_heatmap.png", groups=groups,
+    )
+    k = min(top_k, len(names))
+    result = {
+        "model": first.model,
+        "family": first.metadata["family"],
+        "captures": [str(c.path) for c in captures],
+        "pairs": int(cosine.shape[0]),
+        "metric": metric,
+        "step": "all" if step is None else step,
+        "top_k": k,
+        "suggested": ranking.top(k),
+        "ranking": ranking.as_rows(),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = atomic_write_json(out / "layers.json", result)
+    return {**result, "path": str(path), "figures": [str(figure), str(heatmap)]}

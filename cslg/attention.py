@@ -1,226 +1,260 @@
-"""Recording the attention probabilities of image queries in MMDiT blocks (used by S-CFG).
+"""Attention inside chosen blocks, at the one place every family's attention goes through:
+``torch.nn.functional.scaled_dot_product_attention`` (diffusers' default processors and its native
+attention backend call it with ``[B, heads, L, d]`` queries, keys and values, after q/k norms and RoPE).
 
-In a joint-attention block every image token attends to all keys: ``[image, text]`` in SD3/SD3.5,
-``[text, image]`` in FLUX (double-stream blocks see two streams, single-stream blocks one concatenated
-sequence). For a UNet-style reading of these probabilities the image->text block plays the
-cross-attention and the image->image block the self-attention.
+While a block runs, forward hooks on its attention modules route their SDPA calls to an ``SDPAHandler``,
+which can
 
-A ``RecordingProcessor`` wraps a block's own attention processor: the block output is exactly what that
-processor returns. Alongside, it takes the q/k projections that processor computed, rebuilds the image
-queries and all keys the way diffusers does (q/k norms, FLUX's RoPE) and takes the head-averaged softmax
-in chunks of queries, so the full ``[heads, N, N + T]`` matrix never exists at once. Only ``block.attn``
-is recorded; SD3.5's ``attn2`` (a second self-attention on image tokens) keeps its own processor.
+- perturb: ``identity`` makes every image query attend only to itself among the image keys (text keys
+  stay visible in joint attention, as diffusers' ``PAGJointAttnProcessor2_0`` masks it; a self-attention
+  then returns its values, as ``PAGIdentitySelfAttnProcessor2_0``);
+- record: head-averaged probabilities of the image queries, image->text ("cross") and image->image
+  ("self"), each row renormalised, in chunks of queries so the full matrix never exists at once.
+
+The block's output is exactly what its own processor returns when nothing is perturbed. Only the native
+SDPA path is routed; a processor that computes attention otherwise is caught (the handler saw no call).
 """
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import torch
-from diffusers import DiffusionPipeline
-from diffusers.models.embeddings import apply_rotary_emb
+import torch.nn as nn
 
-from .denoiser import Denoiser
-from .layers import get_block, resolve_layers
-from .models import family_of
+from .families.base import AttentionLayout
 
 # float32 logits per chunk of queries: small on CPU (cache-sized chunks run ~3x faster), large on GPU
 CHUNK_ELEMENTS = 2**20
 CHUNK_ELEMENTS_GPU = 2**26
 
+_local = threading.local()
+_patch_lock = threading.Lock()
+_patch = {"users": 0, "original": None}
+
+
+def _stack() -> list:
+    if not hasattr(_local, "stack"):
+        _local.stack = []
+    return _local.stack
+
+
+def _routed_sdpa(query, key, value, attn_mask=None, *args, **kwargs):
+    stack = _stack()
+    original = _patch["original"]
+    if not stack or stack[-1] is None:
+        return original(query, key, value, attn_mask, *args, **kwargs)
+    return stack[-1](original, query, key, value, attn_mask, *args, **kwargs)
+
+
+@contextmanager
+def routed_sdpa() -> Iterator[None]:
+    """Route ``scaled_dot_product_attention`` through the handlers of this module while held (re-entrant)."""
+    with _patch_lock:
+        if _patch["users"] == 0:
+            _patch["original"] = torch.nn.functional.scaled_dot_product_attention
+            torch.nn.functional.scaled_dot_product_attention = _routed_sdpa
+        _patch["users"] += 1
+    try:
+        yield
+    finally:
+        with _patch_lock:
+            _patch["users"] -= 1
+            if _patch["users"] == 0:
+                torch.nn.functional.scaled_dot_product_attention = _patch["original"]
+
 
 @dataclass
 class AttentionMaps:
-    """Head-averaged probabilities of the image queries, one entry per recorded lane.
+    """Head- and block-averaged probabilities of the image queries of one pass.
 
-    ``cross``: ``[b, N, T]`` image->text, each row renormalised over the text keys.
-    ``self_attn``: ``[b, N, N]`` image->image, each row renormalised over the image keys.
+    ``cross``: ``[N, T]`` image->text, each row renormalised over the text keys.
+    ``self_attn``: ``[N, N]`` image->image, each row renormalised over the image keys.
     """
 
     cross: torch.Tensor
     self_attn: torch.Tensor
 
 
-def attention_probs(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Head-averaged ``softmax(q kᵀ / √d)`` in float32: ``q [b, H, n, d]``, ``k [b, H, L, d]`` -> ``[b, n, L]``.
+def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float | None = None,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Head-averaged ``softmax(q kᵀ · scale + mask)`` in float32: ``q [b, H, n, d]``, ``k [b, H, L, d]`` -> ``[b, n, L]``.
 
-    The scale is the default of ``scaled_dot_product_attention`` that both families use.
+    ``scale`` defaults to ``1/√d``, as ``scaled_dot_product_attention``.
     """
-    logits = torch.matmul(q.float() * q.shape[-1] ** -0.5, k.float().transpose(-1, -2))
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))
+    if mask is not None:
+        logits = logits + mask
     return logits.softmax(dim=-1).mean(dim=1)
 
 
 def split_roles(probs: torch.Tensor, text: slice, image: slice) -> tuple[torch.Tensor, torch.Tensor]:
     """The image->text and image->image blocks of ``probs`` ``[..., L]``, each row renormalised to sum 1."""
-    cross, self_attn = probs[..., text], probs[..., image]
-    tiny = torch.finfo(probs.dtype).tiny
-    return (
-        cross / cross.sum(-1, keepdim=True).clamp_min(tiny),
-        self_attn / self_attn.sum(-1, keepdim=True).clamp_min(tiny),
-    )
+    return renormalise(probs[..., text]), renormalise(probs[..., image])
 
 
-class AttentionRecorder:
-    """Sums the maps of the recorded blocks during one step; ``take`` returns their mean and clears.
-
-    ``lanes``: which batch entries (lanes, as the blocks see the batch) to record; ``None`` = all.
-    """
-
-    def __init__(self, lanes: Sequence[int] | None = None):
-        self.lanes = list(lanes) if lanes is not None else None
-        self._cross: torch.Tensor | None = None
-        self._self: torch.Tensor | None = None
-        self._blocks = 0
-
-    def add(self, cross: torch.Tensor, self_attn: torch.Tensor) -> None:
-        if self._blocks == 0:
-            self._cross, self._self = cross, self_attn
-        else:
-            self._cross, self._self = self._cross + cross, self._self + self_attn
-        self._blocks += 1
-
-    def take(self) -> AttentionMaps:
-        """The block-averaged maps recorded since the last ``take``."""
-        if self._blocks == 0:
-            raise RuntimeError("no attention was recorded since the last take(): did a recorded block run?")
-        maps = AttentionMaps(self._cross / self._blocks, self._self / self._blocks)
-        self._cross = self._self = None
-        self._blocks = 0
-        return maps
+def renormalise(probs: torch.Tensor) -> torch.Tensor:
+    """Rows of ``probs`` divided by their sums."""
+    return probs / probs.sum(-1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
 
 
-def _heads(attn, x: torch.Tensor, norm) -> torch.Tensor:
-    """``[B, L, H*d]`` -> ``[B, L, H, d]``, then the block's q/k norm (over ``d``) as the default processors do."""
-    x = x.unflatten(-1, (attn.heads, -1))
-    return norm(x) if norm is not None else x
+def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
-class RecordingProcessor:
-    """Wraps a block's attention processor: returns what it returns and adds this call's maps to ``recorder``.
+@dataclass
+class AttentionSink:
+    """Sums the recorded maps of each pass over the blocks of one step; ``take`` returns their means."""
 
-    The q/k projections are not computed twice: forward hooks on ``to_q``, ``to_k`` and ``add_k_proj`` keep
-    the outputs the wrapped processor computes (``keep_projection``), and the maps are built from them with
-    the block's q/k norms and RoPE, as the default processors do. ``text_first``: key order
-    ``[text, image]`` (FLUX) instead of ``[image, text]`` (SD3). The text length comes from the block's inputs
-    (``see_block_inputs``, a forward pre-hook), since a single-stream block hands its attention one sequence.
-    """
+    sums: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    PROJECTIONS = ("to_q", "to_k", "add_k_proj")
+    def add(self, name: str, role: str, maps: torch.Tensor) -> None:
+        sums, counts = self.sums.setdefault(name, {}), self.counts.setdefault(name, {})
+        sums[role] = sums[role] + maps if role in sums else maps
+        counts[role] = counts.get(role, 0) + 1
 
-    def __init__(self, inner, recorder: AttentionRecorder, text_first: bool):
-        self.inner = inner
-        self.recorder = recorder
-        self.text_first = text_first
-        self.text_len = 0
-        self.projections: dict[str, torch.Tensor] = {}
-
-    def see_block_inputs(self, block, args, kwargs) -> None:
-        self.text_len = kwargs["encoder_hidden_states"].shape[1]
-
-    def keep_projection(self, name: str, module, args, output) -> None:
-        self.projections[name] = output
-
-    def __call__(
-        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None, **kwargs
-    ):
-        if attention_mask is not None:
-            raise ValueError("attention recording does not support attention masks")
-        if image_rotary_emb is not None:
-            kwargs["image_rotary_emb"] = image_rotary_emb
-        out = self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states, **kwargs)
-        projections, self.projections = self.projections, {}
-        self.recorder.add(*self.maps(attn, projections, image_rotary_emb))
+    def take(self) -> dict[str, AttentionMaps]:
+        """The block-averaged maps of every recorded pass since the last ``take``; clears."""
+        out = {}
+        for name, sums in self.sums.items():
+            if set(sums) != {"cross", "self"}:
+                raise RuntimeError(f"pass {name!r}: the recorded blocks gave {sorted(sums)} maps, need cross and self")
+            out[name] = AttentionMaps(*(sums[r] / self.counts[name][r] for r in ("cross", "self")))
+        self.sums, self.counts = {}, {}
         return out
 
+
+@dataclass
+class SDPAHandler:
+    """What happens to the SDPA calls of one attention module during one block call.
+
+    ``n_image``: image tokens in the sequence; ``identity``: identity attention among image tokens;
+    ``record``: ``(batch row, pass name)`` pairs whose maps go to ``sink``.
+    """
+
+    layout: AttentionLayout
+    n_image: int
+    identity: bool = False
+    record: Sequence[tuple[int, str]] = ()
+    sink: AttentionSink | None = None
+    calls: int = 0
+
+    def image_slice(self, length: int) -> slice:
+        if self.layout.role == "cross":
+            raise ValueError("a cross-attention call has no image keys")
+        if self.layout.role == "self" or not self.layout.text_first:
+            return slice(0, self.n_image)
+        return slice(length - self.n_image, length)
+
+    def identity_mask(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """Additive ``[L, L]`` mask: image queries see only themselves among the image keys."""
+        length = key.shape[-2]
+        image = self.image_slice(length)
+        mask = torch.zeros(length, length, dtype=query.dtype, device=query.device)
+        block = torch.full((self.n_image, self.n_image), float("-inf"), dtype=query.dtype, device=query.device)
+        mask[image, image] = block.fill_diagonal_(0.0)
+        return mask
+
+    def __call__(self, sdpa, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        self.calls += 1
+        mask = _additive(attn_mask, query.dtype)
+        if self.identity:
+            identity = self.identity_mask(query, key)
+            mask = identity if mask is None else mask + identity
+        if self.record:
+            self.add_maps(query, key, mask, scale)
+        return sdpa(query, key, value, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kwargs)
+
     @torch.no_grad()
-    def maps(self, attn, projections: dict[str, torch.Tensor], rope) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(cross [b, N, T], self [b, N, N])`` for the recorded lanes of this call."""
-        if "to_q" not in projections:
-            raise RuntimeError("the attention processor did not call to_q/to_k (fused projections are not supported)")
-        lanes = self.recorder.lanes if self.recorder.lanes is not None else slice(None)
-        t = self.text_len
-        queries = _heads(attn, projections["to_q"][lanes], attn.norm_q)
-        keys = _heads(attn, projections["to_k"][lanes], attn.norm_k)
-        if "add_k_proj" in projections:  # a second (text) stream: SD3 joint / FLUX double-stream
-            k_text = _heads(attn, projections["add_k_proj"][lanes], attn.norm_added_k)
-            keys = torch.cat([k_text, keys] if self.text_first else [keys, k_text], dim=1)
-        else:  # FLUX single-stream: one [text, image] sequence
-            queries = queries[:, t:]
-        n = queries.shape[1]
-        if rope is not None:  # FLUX: positions are [text, image], so the image queries take the last n
-            keys = apply_rotary_emb(keys, rope, sequence_dim=1)
-            queries = apply_rotary_emb(queries, tuple(f[-n:] for f in rope), sequence_dim=1)
-        text, image = (slice(0, t), slice(t, t + n)) if self.text_first else (slice(n, n + t), slice(0, n))
-        q, k = queries.transpose(1, 2), keys.transpose(1, 2)  # [b, H, n, d], [b, H, L, d]
+    def add_maps(self, query, key, mask, scale) -> None:
+        rows = [r for r, _ in self.record]
+        q, k = query[rows], key[rows]
+        length = k.shape[-2]
+        image = slice(None) if self.layout.role == "cross" else self.image_slice(q.shape[-2])
+        q = q[:, :, image]
+        if mask is not None:
+            mask = mask.float()
+            while mask.ndim < 4:
+                mask = mask[None]
+            if mask.shape[0] > 1:
+                mask = mask[rows]
+            if mask.shape[-2] > 1:
+                mask = mask[..., image, :]
         budget = CHUNK_ELEMENTS if k.device.type == "cpu" else CHUNK_ELEMENTS_GPU
-        rows = max(1, budget // (k.shape[0] * k.shape[1] * k.shape[2]))
-        chunks = [split_roles(attention_probs(q[:, :, i : i + rows], k), text, image) for i in range(0, n, rows)]
-        return torch.cat([c for c, _ in chunks], dim=1), torch.cat([s for _, s in chunks], dim=1)
+        n = q.shape[-2]
+        step = max(1, budget // (k.shape[0] * k.shape[1] * length))
+        probs = torch.cat([
+            attention_probs(q[:, :, i : i + step], k, scale,
+                            None if mask is None else (mask if mask.shape[-2] == 1 else mask[..., i : i + step, :]))
+            for i in range(0, n, step)
+        ], dim=1)
+        if self.layout.role == "joint":
+            image_keys = self.image_slice(length)
+            text_keys = slice(0, length - self.n_image) if self.layout.text_first else slice(self.n_image, length)
+            parts = dict(zip(("cross", "self"), split_roles(probs, text_keys, image_keys)))
+        else:
+            parts = {self.layout.role: renormalise(probs)}
+        for j, (_, name) in enumerate(self.record):
+            for role, maps in parts.items():
+                self.sink.add(name, role, maps[j])
 
 
-@contextmanager
-def record_attention(
-    denoiser: Denoiser, layers: Sequence[str | int], lanes: Sequence[int] | None = None
-) -> Iterator[AttentionRecorder]:
-    """Record the image-query attention of ``layers`` (layer names) while the context is held.
+class AttentionControl:
+    """Forward hooks on the attention modules of chosen blocks; the executor says, per block call, which
+    handlers are active (``activate``). Hooks and the SDPA route are removed on exit."""
 
-    Installs a ``RecordingProcessor`` (and its hooks) on each block's ``attn`` and restores the original
-    processors and removes the hooks on exit. Yields the recorder; read a step's maps with ``recorder.take()``.
-    """
-    transformer = denoiser.transformer
-    recorder = AttentionRecorder(lanes)
-    text_first = family_of(denoiser.pipe) == "flux"
-    installed, hooks = [], []
-    try:
-        for name in resolve_layers(transformer, layers):
-            block = get_block(transformer, name)
-            processor = RecordingProcessor(block.attn.processor, recorder, text_first)
-            hooks.append(block.register_forward_pre_hook(processor.see_block_inputs, with_kwargs=True))
-            for projection in RecordingProcessor.PROJECTIONS:
-                if (module := getattr(block.attn, projection, None)) is not None:
-                    hooks.append(module.register_forward_hook(partial(processor.keep_projection, projection)))
-            installed.append((block.attn, processor.inner))
-            block.attn.set_processor(processor)
-        yield recorder
-    finally:
-        for attn, original in installed:
-            attn.set_processor(original)
-        for hook in hooks:
-            hook.remove()
+    def __init__(self, calls: dict[str, list[tuple[nn.Module, AttentionLayout]]]):
+        self.calls = calls
+        self.active: dict[int, SDPAHandler] = {}
 
+    def _pre(self, module, args, kwargs):
+        _stack().append(self.active.get(id(module)))
 
-# Which text tokens are which -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TextRoles:
-    """Positions in a prompt's text sequence of length ``text_len``: the prompt's ``content`` tokens (one per
-    word piece) and the ``background`` tokens that stand in for the paper's start token."""
+    def _post(self, module, args, kwargs, output):
+        _stack().pop()
 
-    content: tuple[int, ...]
-    background: tuple[int, ...]
-    text_len: int
+    @contextmanager
+    def installed(self) -> Iterator[AttentionControl]:
+        hooks = []
+        with routed_sdpa():
+            try:
+                for calls in self.calls.values():
+                    for module, _ in calls:
+                        hooks.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
+                        hooks.append(module.register_forward_hook(self._post, with_kwargs=True, always_call=True))
+                yield self
+            finally:
+                for hook in hooks:
+                    hook.remove()
 
-    @property
-    def others(self) -> tuple[int, ...]:
-        """Every text position that is not a background token."""
-        background = set(self.background)
-        return tuple(i for i in range(self.text_len) if i not in background)
-
-
-def text_roles(pipe: DiffusionPipeline, prompt: str, text_len: int) -> TextRoles:
-    """Token roles of ``prompt`` in the text sequence (length ``text_len``) the transformer sees.
-
-    SD3/SD3.5: the sequence is ``[77 CLIP tokens, T5 tokens]`` and CLIP reads
-    ``<sot> content <eot> <pad>...``: background = ``<sot>`` (the paper's choice), content = the CLIP
-    content tokens (the T5 tokens repeat the same words and take no region of their own).
-    FLUX: T5 only, ``content </s> <pad>...``: background = the padding tokens, or ``</s>`` when the prompt
-    fills the whole sequence; content = the tokens before ``</s>``.
-    """
-    if family_of(pipe) == "flux":
-        n = len(pipe.tokenizer_2(prompt, max_length=text_len, truncation=True).input_ids)  # content + </s>
-        background = tuple(range(n, text_len)) or (n - 1,)
-        return TextRoles(tuple(range(n - 1)), background, text_len)
-    n = len(pipe.tokenizer(prompt, max_length=pipe.tokenizer_max_length, truncation=True).input_ids)  # <sot> .. <eot>
-    return TextRoles(tuple(range(1, n - 1)), (0,), text_len)
+    @contextmanager
+    def activate(self, layer: str, n_image: int, identity: bool, record: Sequence[tuple[int, str]],
+                 sink: AttentionSink | None) -> Iterator[None]:
+        """Handlers for the attention calls of block ``layer`` during one call of it."""
+        handlers = []
+        for module, layout in self.calls.get(layer, ()):
+            handler = SDPAHandler(
+                layout, n_image,
+                identity=identity and layout.role != "cross",
+                record=record if sink is not None else (),
+                sink=sink,
+            )
+            if handler.identity or handler.record:
+                self.active[id(module)] = handler
+                handlers.append(handler)
+        try:
+            yield
+        finally:
+            self.active.clear()
+        if identity and not any(h.identity and h.calls for h in handlers):
+            raise RuntimeError(
+                f"identity attention in block {layer}: its attention did not call torch's scaled_dot_product_attention "
+                "(use diffusers' native attention backend)"
+            )

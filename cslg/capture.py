@@ -12,10 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +22,12 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .activations import save_capture
-from .denoiser import Denoiser, Pass
-from .guidance import GuidanceMethod, cfg
+from .executor import Pass
+from .families.base import Adapter
 from .io import atomic_write, atomic_write_json
+from .methods.base import Method, cfg
 from .prompts import PromptPair
-from .sampling import denoise
+from .sampling import denoise, prepare
 
 TRAJECTORIES = ("independent", "shared")
 
@@ -43,93 +43,74 @@ class CaptureConfig:
     seed: int
     height: int
     width: int
-    guidance: float  # SD3: CFG scale (CFG runs when > 1); FLUX: distilled guidance embedding
+    guidance: float  # CFG scale (CFG runs when > 1); the distilled guidance embedding where the model has one
     max_sequence_length: int
     trajectory: str = "independent"
     save_layers: tuple[str, ...] = ()
     save_steps: tuple[int, ...] = ()  # sorted, non-negative step indices
 
 
-class PairTrajectory(GuidanceMethod):
-    """Denoise the two prompts of a pair together; rows are ``[a, b]`` or ``[uncond, a, b]`` with CFG."""
+@dataclass(frozen=True)
+class PairTrajectory(Method):
+    """Denoise the two prompts of a pair together: passes ``a`` (negative) and ``b`` (positive), plus their
+    unconditional passes with CFG (``cfg_scale`` > 1, SD3). ``independent``: latent 0 follows ``a``, latent 1
+    follows ``b``; ``shared``: one latent, driven by ``a``."""
 
+    trajectory: str = "independent"
+    cfg_scale: float | None = None
     name = "capture"
 
-    def __init__(self, trajectory: str, cfg_scale: float | None):
-        if trajectory not in TRAJECTORIES:
-            raise ValueError(f"--trajectory must be one of {', '.join(TRAJECTORIES)}, got {trajectory!r}")
-        self.trajectory = trajectory
-        self.cfg_scale = cfg_scale if cfg_scale is not None and cfg_scale > 1 else None
-        a, b = (1, 2) if self.cfg_scale else (0, 1)
-        if trajectory == "independent":
-            lat = [Pass(a, latent=0), Pass(b, latent=1)]
-            self._passes = ([Pass(0, latent=0), Pass(0, latent=1)] if self.cfg_scale else []) + lat
-        else:
-            self._passes = ([Pass(0)] if self.cfg_scale else []) + [Pass(a), Pass(b)]
-        # Lanes are the distinct passes in order; these two hold the pair's conditional predictions.
-        self.pair_lanes = (len(self._passes) - 2, len(self._passes) - 1)
+    def __post_init__(self):
+        if self.trajectory not in TRAJECTORIES:
+            raise ValueError(f"--trajectory must be one of {', '.join(TRAJECTORIES)}, got {self.trajectory!r}")
+        if self.cfg_scale is not None and not self.cfg_scale > 1:
+            object.__setattr__(self, "cfg_scale", None)
 
-    def rows(self, pair: PromptPair) -> list[str]:
-        return ([""] if self.cfg_scale else []) + [pair.negative, pair.positive]
+    def rows(self, pair: PromptPair) -> dict[str, str]:
+        return ({"uncond": ""} if self.cfg_scale else {}) | {"a": pair.negative, "b": pair.positive}
 
-    def passes(self, step, num_steps, num_rows):
-        return self._passes
+    def passes(self, step):
+        if self.trajectory == "shared":
+            return ({"uncond": Pass("uncond")} if self.cfg_scale else {}) | {"a": Pass("a"), "b": Pass("b")}
+        uncond = {"uncond_a": Pass("uncond", latent=0), "uncond_b": Pass("uncond", latent=1)} if self.cfg_scale else {}
+        return uncond | {"a": Pass("a", latent=0), "b": Pass("b", latent=1)}
 
-    def combine(self, preds, step, num_steps):
-        a, b = self.pair_lanes
-        if self.trajectory == "independent":
-            c = preds[[a, b]]
-            return cfg(preds[[0, 1]], c, self.cfg_scale) if self.cfg_scale else c
-        return cfg(preds[0:1], preds[a : a + 1], self.cfg_scale) if self.cfg_scale else preds[a : a + 1]
+    def combine(self, preds, step):
+        if self.trajectory == "shared":
+            return cfg(preds["uncond"], preds["a"], self.cfg_scale) if self.cfg_scale else preds["a"]
+        c = torch.cat([preds["a"], preds["b"]])
+        return cfg(torch.cat([preds["uncond_a"], preds["uncond_b"]]), c, self.cfg_scale) if self.cfg_scale else c
 
 
 class CosineRecorder:
-    """Forward hooks on every block: ``cosine[step, layer]`` between the two pair lanes' image tokens."""
+    """Block observer: ``cosine[step, layer]`` between the image tokens of passes ``a`` and ``b``."""
 
-    def __init__(self, denoiser: Denoiser, lanes: tuple[int, int], steps: int, save_layers=(), save_steps=()):
-        self.denoiser, self.lanes = denoiser, lanes
-        self.cosine = torch.full((steps, len(denoiser.blocks)), float("nan"), device=denoiser.device)
+    def __init__(self, layer_names: list[str], steps: int, device, save_layers=(), save_steps=()):
+        self.index = {name: i for i, name in enumerate(layer_names)}
+        self.cosine = torch.full((steps, len(layer_names)), float("nan"), device=device)
         self.save_layers, self.save_steps = set(save_layers), list(save_steps)
         self.saved: dict[str, list[torch.Tensor]] = {name: [] for name in save_layers}
-        self.step = 0
 
-    def _hook(self, index: int, name: str):
-        def hook(module, args, kwargs, output):
-            x = output[1]  # every block returns (encoder_hidden_states, image hidden_states)
-            a, b = x[self.lanes[0]].float().flatten(), x[self.lanes[1]].float().flatten()
-            self.cosine[self.step, index] = F.cosine_similarity(a, b, dim=0)
-            if name in self.save_layers and self.step in self.save_steps:
-                self.saved[name].append(x[list(self.lanes)].detach().to("cpu", torch.float32))
+    def at_step(self, step: int):
+        def observe(layer: str, streams, lanes) -> None:
+            x = streams.image[[lanes["a"], lanes["b"]]]
+            self.cosine[step, self.index[layer]] = F.cosine_similarity(x[0].float().flatten(), x[1].float().flatten(), dim=0)
+            if layer in self.save_layers and step in self.save_steps:
+                self.saved[layer].append(x.detach().to("cpu", torch.float32))
 
-        return hook
-
-    @contextmanager
-    def hooks(self) -> Iterator["CosineRecorder"]:
-        handles = [
-            block.register_forward_hook(self._hook(i, name), with_kwargs=True)
-            for i, (name, block) in enumerate(self.denoiser.blocks)
-        ]
-        try:
-            yield self
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def on_step(self, step: int, t: torch.Tensor) -> None:
-        self.step = step
+        return observe
 
 
-def capture_pair(denoiser: Denoiser, pair: PromptPair, config: CaptureConfig) -> dict[str, torch.Tensor]:
+def capture_pair(adapter: Adapter, pair: PromptPair, config: CaptureConfig) -> dict[str, torch.Tensor]:
     """Cosine [steps, layers] (and raw activations) for one pair, from the noise of ``config.seed``."""
-    method = PairTrajectory(config.trajectory, config.guidance if denoiser.family == "sd3" else None)
-    cond = denoiser.encode(method.rows(pair), config.max_sequence_length)
-    noise = denoiser.initial_noise(config.seed, config.height, config.width)
+    method = PairTrajectory(config.trajectory, None if adapter.has_distilled_guidance else config.guidance)
+    run = prepare(adapter, method.rows(pair), config.seed, config.steps, config.height, config.width,
+                  config.max_sequence_length)
+    noise = run.latents
     latents = noise.repeat(2, *[1] * (noise.ndim - 1)) if config.trajectory == "independent" else noise
-    timesteps = denoiser.timesteps(config.steps, noise)
-    recorder = CosineRecorder(denoiser, method.pair_lanes, config.steps, config.save_layers, config.save_steps)
-    with recorder.hooks():
-        denoise(denoiser, method, cond, latents, timesteps, on_step=recorder.on_step)
-    out = {"cosine": recorder.cosine.cpu(), "timesteps": timesteps.float().cpu()}
+    recorder = CosineRecorder(adapter.layer_names, config.steps, adapter.device, config.save_layers, config.save_steps)
+    denoise(adapter, method, run, latents, observe=recorder.at_step)
+    out = {"cosine": recorder.cosine.cpu(), "timesteps": run.timesteps.float().cpu()}
     for name, tensors in recorder.saved.items():
         out[f"activations.{name}"] = torch.stack(tensors)
     return out
@@ -152,7 +133,7 @@ def resolve_steps(steps: Sequence[int], num_steps: int, flag: str = "--save-step
 
 
 def run_capture(
-    denoiser: Denoiser, pairs: Sequence[PromptPair], config: CaptureConfig, out: str | Path, progress: bool = True
+    adapter: Adapter, pairs: Sequence[PromptPair], config: CaptureConfig, out: str | Path, progress: bool = True
 ) -> Path:
     """Capture every pair and write ``out`` (safetensors). Resumable: finished pairs are kept in
     ``<out>.partial/`` and skipped when the same command is run again; merged at the end."""
@@ -171,7 +152,7 @@ def run_capture(
     for p, pair in enumerate(tqdm(pairs, desc="pairs", disable=not progress)):
         part = partial / f"pair_{p:05d}.safetensors"
         if not part.exists():
-            tensors = capture_pair(denoiser, pair, config)
+            tensors = capture_pair(adapter, pair, config)
             atomic_write(part, lambda tmp: save_file(tensors, tmp))
         parts.append(load_file(str(part)))
     merged = {key: torch.stack([part[key] for part in parts]) for key in parts[0] if key != "timesteps"}
@@ -180,9 +161,9 @@ def run_capture(
         merged["activation_steps"] = torch.tensor(config.save_steps)
     metadata = {
         **asdict(config),
-        "family": denoiser.family,
-        "layer_names": denoiser.layer_names,
-        "num_double_blocks": len(denoiser.transformer.transformer_blocks),
+        "family": adapter.name,
+        "layer_names": adapter.layer_names,
+        "block_groups": adapter.block_groups(),
         "timesteps": timesteps,
         "prompts": [[p.negative, p.positive] for p in pairs],
     }

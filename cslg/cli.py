@@ -7,15 +7,20 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
+from .activations import load_capture
+from .analysis import METRICS, analyse
 from .capture import TRAJECTORIES, CaptureConfig, resolve_steps, run_capture
-from .denoiser import make_denoiser
+from .families import LayerError, adapter_class, adapter_class_by_name, adapter_for
 from .grid import LAYER_COMBINATIONS, METHODS, GridSettings, ImageSettings, build_methods, enumerate_groups, parse_shard, run_grid
-from .guidance import SLG_LAYERS, SLG_START, SLG_STOP
-from .layers import LayerError, parse_layer_list, resolve_layers
+from .methods.cslg import SLG_LAYERS, SLG_START, SLG_STOP
 from .models import OFFLOAD_MODES, load_pipeline
+from .tiny import TINY_PRESETS
+from .evaluation import EvalResult, evaluate, format_summary, load_manifest, records_from_images
+from .ocr import ENGINES, get_engine
 from .prompts import PromptFileError, load_generation_prompts, load_pairs
 
 
@@ -37,7 +42,8 @@ def float_list(text: str) -> list[float]:
 
 
 def add_model_args(p: argparse.ArgumentParser, model: str) -> None:
-    p.add_argument("--model", default=model, help="diffusers id, local save_pretrained folder, or tiny-flux/tiny-sd3/tiny-sd35")
+    p.add_argument("--model", default=model, required=model is None,
+                   help=f"diffusers id, local save_pretrained folder, or a tiny preset ({', '.join(TINY_PRESETS)})")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--offload", choices=OFFLOAD_MODES, default="none", help="model / sequential CPU offload (GPU only)")
@@ -60,7 +66,14 @@ def require_positive(args: argparse.Namespace, *flags: str) -> None:
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def load_from_args(args: argparse.Namespace, family: str):
+def parse_layer_list(text: str | Sequence[str]) -> list[str]:
+    """Split a CLI value like ``"3,8 S12"`` or ``["3", "8,s12"]`` into lowercase layer tokens (validated against
+    the model by ``Adapter.resolve_layers``)."""
+    parts = [text] if isinstance(text, str) else list(text)
+    return [tok.lower() for part in parts for tok in part.replace(",", " ").split()]
+
+
+def load_from_args(args: argparse.Namespace, family: str | None):
     try:
         return load_pipeline(args.model, family, args.device, DTYPES.get(args.dtype), args.offload)
     except (FileNotFoundError, ValueError) as e:
@@ -94,14 +107,14 @@ def capture_parser(doc: str, **defaults) -> argparse.ArgumentParser:
     return p
 
 
-def run_capture_command(args: argparse.Namespace, family: str) -> Path:
+def run_capture_command(args: argparse.Namespace, family: str | None = None) -> Path:
     """Validate the flags, load the model and pairs, capture, and print where the file is."""
     require_positive(args, "pairs", "steps", "height", "width", "max_sequence_length")
     pairs = prompts_from_args(load_pairs, args, args.pairs)
     pipe = load_from_args(args, family)
-    denoiser = make_denoiser(pipe, guidance=args.guidance)
+    adapter = adapter_for(pipe, guidance=args.guidance)
     try:
-        save_layers = resolve_layers(pipe.transformer, parse_layer_list(args.save_activations))
+        save_layers = adapter.resolve_layers(parse_layer_list(args.save_activations))
     except LayerError as e:
         raise SystemExit(f"--save-activations: {e}") from None
     config = CaptureConfig(
@@ -119,8 +132,8 @@ def run_capture_command(args: argparse.Namespace, family: str) -> Path:
         save_steps=resolve_steps(args.save_steps, args.steps) if save_layers else (),
     )
     start = time.perf_counter()
-    out = run_capture(denoiser, pairs, config, args.out)
-    print(f"captured {len(pairs)} pairs x {args.steps} steps x {len(denoiser.blocks)} layers "
+    out = run_capture(adapter, pairs, config, args.out)
+    print(f"captured {len(pairs)} pairs x {args.steps} steps x {len(adapter.blocks)} layers "
           f"in {time.perf_counter() - start:.1f}s -> {out}")
     print(f"inspect with: python -m cslg.inspect {out}")
     return out
@@ -171,7 +184,7 @@ def read_layers_json(path: str, top_k: int) -> list[str]:
     return ranking[:top_k]
 
 
-def run_grid_command(args: argparse.Namespace, family: str, default_layers: list) -> Path:
+def run_grid_command(args: argparse.Namespace, family: str | None = None, default_layers: Sequence = ()) -> Path:
     """Validate the flags, build the grid, generate this shard's images, and print where they are."""
     require_positive(args, "steps", "height", "width", "max_sequence_length")
     if not args.seeds:
@@ -187,41 +200,133 @@ def run_grid_command(args: argparse.Namespace, family: str, default_layers: list
         layers = parse_layer_list(read_layers_json(args.layers_from, args.top_k))
     else:
         layers = parse_layer_list([str(x) for x in default_layers])
-    if family == "sd3" and args.guidance is not None:
-        args.cfg_scales = [args.guidance]  # SD3's "guidance_scale" is the CFG scale, as in diffusers
-    try:  # every method is built before the model loads, so bad settings fail fast
-        methods = build_methods(GridSettings(
-            methods=tuple(args.methods), cfg_scales=tuple(args.cfg_scales), cslg_scales=tuple(args.cslg_scales),
-            layers=tuple(layers), layer_combinations=args.layer_combinations,
-            layer_weights=tuple(args.layer_weights) if args.layer_weights else None,
-            cslg_start=args.cslg_start, cslg_stop=args.cslg_stop, slg_layers=tuple(parse_layer_list(args.slg_layers)),
-            slg_start=args.slg_start, slg_stop=args.slg_stop,
-            scfg_layers=tuple(parse_layer_list(args.scfg_layers)) if args.scfg_layers else None,
-            concept_scales=tuple(args.concept_scales),
-        ))
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
+
+    def methods_for(distilled: bool | None):
+        cfg_scales = args.cfg_scales
+        if distilled is False and args.guidance is not None:
+            cfg_scales = [args.guidance]  # without a distilled embedding, "guidance" is the CFG scale, as in diffusers
+        try:
+            return build_methods(GridSettings(
+                methods=tuple(args.methods), cfg_scales=tuple(cfg_scales), cslg_scales=tuple(args.cslg_scales),
+                layers=tuple(layers), layer_combinations=args.layer_combinations,
+                layer_weights=tuple(args.layer_weights) if args.layer_weights else None,
+                cslg_start=args.cslg_start, cslg_stop=args.cslg_stop,
+                slg_layers=tuple(parse_layer_list(args.slg_layers)), slg_start=args.slg_start, slg_stop=args.slg_stop,
+                scfg_layers=tuple(parse_layer_list(args.scfg_layers)) if args.scfg_layers else None,
+                concept_scales=tuple(args.concept_scales),
+            ))
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+
+    # every method is built before the model loads, so bad settings fail fast
+    methods = methods_for(None if family is None else adapter_class_by_name(family).has_distilled_guidance)
     if args.device is None and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         args.device = f"cuda:{os.environ['LOCAL_RANK']}"  # one process per GPU under accelerate launch
     pipe = load_from_args(args, family)
+    distilled = adapter_class(pipe).has_distilled_guidance
+    methods = methods_for(distilled)
+    adapter = adapter_for(pipe, guidance=args.guidance if distilled else None)
     for method in methods:
-        if getattr(method, "layers", None):  # cslg / slg skip sets, S-CFG's recorded blocks
-            try:
-                resolve_layers(pipe.transformer, method.layers)
-            except LayerError as e:
-                raise SystemExit(f"error: {method.name}: {e}") from None
+        try:
+            adapter.resolve_layers(list(dict.fromkeys(method.referenced_layers())))
+        except LayerError as e:
+            raise SystemExit(f"error: {method.name}: {e}") from None
     image_settings = ImageSettings(
         steps=args.steps, height=args.height, width=args.width, max_sequence_length=args.max_sequence_length,
-        negative_prompt=args.negative_prompt, guidance=args.guidance if family == "flux" else None,
+        negative_prompt=args.negative_prompt, guidance=adapter.guidance if distilled else None,
     )
-    denoiser = make_denoiser(pipe, guidance=args.guidance if family == "flux" else 0.0)
     groups = enumerate_groups(prompts, args.seeds, methods)
     print(f"grid: {len(prompts)} prompts x {len(args.seeds)} seeds x {len(methods)} method settings "
           f"= {len(prompts) * len(args.seeds) * len(methods)} images; shard {shard[0]}/{shard[1]}")
     try:
-        manifest = run_grid(denoiser, groups, image_settings, args.out, args.model, shard)
+        manifest = run_grid(adapter, groups, image_settings, args.out, args.model, shard)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"run folder: {args.out}\n  manifest: {manifest}\n  contact sheets: {Path(args.out) / 'contact_sheets'}")
     print(f"score it with: python eval.py --run {args.out}")
     return manifest
+
+
+def eval_parser(doc: str, engine: str, n_bootstrap: int, bootstrap_seed: int, out_subdir: str) -> argparse.ArgumentParser:
+    """Flags of step 4 (OCR evaluation); the arguments are the script's constants."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, metavar="DIR", help="run folder with manifest.jsonl and the images")
+    source.add_argument("--images", type=Path, metavar="DIR", help="plain folder of images (needs --prompts)")
+    parser.add_argument("--prompts", type=Path, metavar="FILE", help="generation prompt file for --images")
+    parser.add_argument("--out", type=Path, metavar="DIR", help=f"output folder (default: <run|images>/{out_subdir})")
+    parser.add_argument("--engine", choices=sorted(ENGINES), default=engine, help="OCR engine")
+    parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
+                        help="run OCR on the GPU (default: when CUDA is available)")
+    parser.add_argument("--bootstrap", type=int, default=n_bootstrap, metavar="N",
+                        help="bootstrap resamples (0: no CIs)")
+    parser.add_argument("--seed", type=int, default=bootstrap_seed, help="bootstrap seed")
+    parser.add_argument("--force", action="store_true", help="OCR every image again, ignoring earlier results")
+    parser.set_defaults(out_subdir=out_subdir)
+    return parser
+
+
+def check_eval_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    if args.images is not None and args.prompts is None:
+        parser.error("--images needs --prompts (the generation prompt file the images were made from)")
+    if args.run is not None and args.prompts is not None:
+        parser.error("--prompts goes with --images; a run folder's manifest already holds the prompts")
+    if args.bootstrap < 0:
+        parser.error("--bootstrap must be >= 0")
+    return args
+
+
+def run_eval_command(args: argparse.Namespace) -> EvalResult:
+    """Score a run folder (or a plain image folder) with OCR and print the summary."""
+    base_dir = args.run if args.run is not None else args.images
+    out_dir = args.out if args.out is not None else base_dir / args.out_subdir
+    try:  # bad inputs end with their message, not a traceback
+        if args.run is not None:
+            records = load_manifest(args.run)
+        else:
+            records = records_from_images(args.images, args.prompts, exclude=[out_dir])
+        engine = get_engine(args.engine, gpu=args.gpu)
+    except (FileNotFoundError, ImportError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    result = evaluate(records, base_dir, out_dir, engine, n_bootstrap=args.bootstrap, seed=args.seed, force=args.force)
+
+    print(format_summary(result.summary))
+    n_errors = sum(s["n_errors"] for s in result.summary)
+    print(f"\n{len(records)} images, {n_errors} not scored (see the error column); outputs in {out_dir}:")
+    for path in result.files.values():
+        print(f"  {path}")
+    return result
+
+
+def analyse_parser(doc: str, out: str, metric: str, step: str, top_k: int, dpi: int, ylim: float | None
+                   ) -> argparse.ArgumentParser:
+    """Flags of step 2 (contrastive analysis); the arguments are the script's constants."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("captures", nargs="+", help="capture files (.safetensors) of the same model")
+    p.add_argument("--out", default=out, help="output folder for layers.json and the figures")
+    p.add_argument("--metric", choices=METRICS, default=metric)
+    p.add_argument("--step", default=step, help="'all' (mean over steps) or a step index (-1 = last)")
+    p.add_argument("--top-k", type=int, default=top_k, help="how many layers to suggest")
+    p.add_argument("--title", default=None, help="model name for the figure titles (default: from the capture)")
+    p.add_argument("--dpi", type=int, default=dpi)
+    p.add_argument("--ylim", type=float, default=ylim, help="symmetric y-range of the per-layer figure")
+    return p
+
+
+def run_analyse_command(p: argparse.ArgumentParser, argv=None) -> Path:
+    """Parse ``argv`` with ``p``, rank the layers of the captures and write layers.json and the figures."""
+    args = p.parse_args(argv)
+    if args.step != "all":
+        try:
+            args.step = int(args.step)
+        except ValueError:
+            p.error(f"--step must be 'all' or an integer, got {args.step!r}")
+    if args.top_k < 1:
+        p.error("--top-k must be at least 1")
+    step = None if args.step == "all" else args.step
+    result = analyse([load_capture(path) for path in args.captures], args.out, args.metric, step, args.top_k,
+                     args.title, args.dpi, args.ylim)
+    when = "mean over steps" if step is None else f"step {step}"
+    print(f"top-{result['top_k']} layers ({args.metric}, {when}): {', '.join(result['suggested'])}")
+    print(f"wrote {result['path']}\n      " + "\n      ".join(result["figures"]))
+    return Path(result["path"])

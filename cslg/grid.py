@@ -15,9 +15,7 @@ finished images; every file is written atomically, so an interruption loses at m
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,15 +24,16 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from .contact_sheet import contact_sheet
-from .denoiser import Denoiser
-from .guidance import SLG_LAYERS, SLG_SCALE, SLG_START, SLG_STOP, CFG, GuidanceMethod, NoGuidance, Request, SkipLayerGuidance
+from .families.base import Adapter
 from .io import append_jsonl, atomic_write, atomic_write_json, atomic_write_text, read_jsonl
+from .methods import REGISTRY, Method, Request
+from .methods.base import LAYER_COMBINATIONS, check_scale
+from .methods.cslg import SLG_LAYERS, SLG_SCALE, SLG_START, SLG_STOP
 from .prompts import GenerationPrompt
-from .sampling import generate
+from .sampling import sample
 from .text import prompt_slug
 
-METHODS = ("none", "cfg", "slg", "cslg", "scfg", "concept")
-LAYER_COMBINATIONS = ("given", "all")
+METHODS = tuple(REGISTRY)
 
 
 @dataclass(frozen=True)
@@ -57,60 +56,17 @@ class GridSettings:
     concept_scales: tuple[float, ...] = (7.5,)  # ConceptDiffusion's w_g
 
 
-def layer_sets(layers: Sequence[str], combinations: str) -> list[tuple[str, ...]]:
-    """``given``: the layers as one set; ``all``: every non-empty subset (by size, then order)."""
-    if combinations == "given":
-        return [tuple(layers)]
-    if combinations == "all":
-        return [c for k in range(1, len(layers) + 1) for c in itertools.combinations(layers, k)]
-    raise ValueError(f"--layer-combinations must be one of {', '.join(LAYER_COMBINATIONS)}, got {combinations!r}")
-
-
-def check_scale(value: float, flag: str) -> float:
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{flag}: scales must be finite and non-negative, got {value}")
-    return value
-
-
-def build_methods(s: GridSettings) -> list[GuidanceMethod]:
-    """Every method instance of the grid, in the order of ``s.methods``."""
+def build_methods(s: GridSettings) -> list[Method]:
+    """Every method instance of the grid, in the order of ``s.methods`` (each class builds its own settings)."""
     for name in s.methods:
-        if name not in METHODS:
+        if name not in REGISTRY:
             raise ValueError(f"--methods: unknown method {name!r}; choose from {', '.join(METHODS)}")
-    cfg_scales = [check_scale(w, "--cfg-scales") for w in s.cfg_scales]
-    cslg_scales = [check_scale(x, "--cslg-scales") for x in s.cslg_scales]
-    out: list[GuidanceMethod] = []
-    for name in s.methods:
-        if name == "none":
-            out.append(NoGuidance())
-        elif name == "cfg":
-            out += [CFG(w) for w in cfg_scales]
-        elif name == "slg":
-            out += [SkipLayerGuidance(s.slg_layers, s.slg_scale, w, s.slg_start, s.slg_stop, name="slg") for w in cfg_scales]
-        elif name == "cslg":
-            if not s.layers:
-                raise ValueError("cslg needs layers: set LAYERS, --layers or --layers-from")
-            if s.layer_weights is not None and s.layer_combinations != "given":
-                raise ValueError("--layer-weights applies to one layer set: use --layer-combinations given")
-            out += [
-                SkipLayerGuidance(layers, scale, w, s.cslg_start, s.cslg_stop, s.layer_weights)
-                for layers in layer_sets(s.layers, s.layer_combinations)
-                for w in cfg_scales
-                for scale in cslg_scales
-            ]
-        elif name == "scfg":
-            from .scfg import SCFG
-
-            out += [SCFG(cfg_scale=w, layers=s.scfg_layers) for w in cfg_scales]
-        elif name == "concept":
-            from .concept import ConceptDiffusion
-
-            concept_scales = [check_scale(x, "--concept-scales") for x in s.concept_scales]
-            out += [ConceptDiffusion(cfg_scale=w, concept_scale=g) for w in cfg_scales for g in concept_scales]
-    return out
+    for w in s.cfg_scales:
+        check_scale(w, "--cfg-scales")
+    return [method for name in s.methods for method in REGISTRY[name].from_grid(s)]
 
 
-def method_tag(method: GuidanceMethod) -> str:
+def method_tag(method: Method) -> str:
     """Short, file-name-safe, readable and unique tag of a method and its settings."""
     params = method.params()
     readable = [method.name]
@@ -124,7 +80,7 @@ def method_tag(method: GuidanceMethod) -> str:
     return "_".join(readable)
 
 
-def method_label(method: GuidanceMethod) -> str:
+def method_label(method: Method) -> str:
     """Label of a method in contact sheets."""
     params = method.params()
     parts = [method.name]
@@ -144,7 +100,7 @@ class Job:
     prompt_index: int
     prompt: GenerationPrompt
     seed: int
-    method: GuidanceMethod
+    method: Method
 
     @property
     def image(self) -> str:
@@ -152,7 +108,7 @@ class Job:
 
 
 def enumerate_groups(
-    prompts: Sequence[GenerationPrompt], seeds: Sequence[int], methods: Sequence[GuidanceMethod]
+    prompts: Sequence[GenerationPrompt], seeds: Sequence[int], methods: Sequence[Method]
 ) -> list[list[Job]]:
     """Jobs grouped by (prompt, seed), in prompt-then-seed order; each group holds every method."""
     return [[Job(i, p, seed, m) for m in methods] for i, p in enumerate(prompts) for seed in seeds]
@@ -240,7 +196,7 @@ def check_run_settings(out: Path, settings: ImageSettings, model: str) -> None:
 
 
 def run_grid(
-    denoiser: Denoiser,
+    adapter: Adapter,
     groups: list[list[Job]],
     settings: ImageSettings,
     out: str | Path,
@@ -266,8 +222,8 @@ def run_grid(
             if not path.exists():
                 generated = True
                 request = Request(job.prompt.prompt, settings.negative_prompt, job.prompt.concepts or ())
-                image = generate(denoiser, job.method, request, job.seed, settings.steps, settings.height,
-                                 settings.width, settings.max_sequence_length)
+                image = sample(adapter, job.method, request, job.seed, settings.steps, settings.height,
+                               settings.width, settings.max_sequence_length)
                 atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
             if job.image not in done:
                 append_jsonl(shard_manifest, manifest_record(job, settings, model))

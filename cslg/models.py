@@ -5,20 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
+from diffusers import DiffusionPipeline
 
+from .families import adapter_class
 from .tiny import TINY_PRESETS, build_tiny
 
-FAMILIES = {"flux": FluxPipeline, "sd3": StableDiffusion3Pipeline}
 OFFLOAD_MODES = ("none", "model", "sequential")
-
-
-def family_of(pipe: DiffusionPipeline) -> str:
-    """``"flux"`` or ``"sd3"`` for a loaded pipeline."""
-    for family, cls in FAMILIES.items():
-        if isinstance(pipe, cls):
-            return family
-    raise ValueError(f"unsupported pipeline {type(pipe).__name__}: expected a FluxPipeline or StableDiffusion3Pipeline")
 
 
 def default_device() -> torch.device:
@@ -37,7 +29,7 @@ def load_pipeline(
     Args:
         model: a tiny preset (``tiny-flux``, ``tiny-sd3``, ``tiny-sd35``), a diffusers model id, or a local
             folder in ``save_pretrained`` layout.
-        family: ``"flux"`` or ``"sd3"``: fail early when the model is of the other family.
+        family: a family name (``"flux"``, ``"sd3"``, ...): fail early when the model is of another family.
         offload: ``"none"``, ``"model"`` (``enable_model_cpu_offload``) or ``"sequential"``
             (``enable_sequential_cpu_offload``); both need a GPU.
     """
@@ -56,8 +48,9 @@ def load_pipeline(
         if folder.exists() and not (folder / "model_index.json").exists():
             raise FileNotFoundError(f"--model {model}: folder has no model_index.json (not a diffusers save_pretrained folder)")
         pipe = DiffusionPipeline.from_pretrained(str(folder) if folder.exists() else model, torch_dtype=dtype)
-    if family is not None and family_of(pipe) != family:
-        raise ValueError(f"--model {model} is a {type(pipe).__name__}, but this script runs {FAMILIES[family].__name__}")
+    adapter = adapter_class(pipe)  # fails for unsupported pipelines
+    if family is not None and adapter.name != family:
+        raise ValueError(f"--model {model} is a {type(pipe).__name__} ({adapter.name}), but this script runs {family} models")
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()
@@ -69,8 +62,3 @@ def load_pipeline(
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def execution_device(pipe: DiffusionPipeline) -> torch.device:
-    """The device the pipeline computes on (respects CPU offload)."""
-    return pipe._execution_device

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import matplotlib
 
@@ -23,11 +24,11 @@ def _save(fig, path: Path, dpi: int) -> Path:
     return path
 
 
-def _mark_single_stream(ax, layer_names: list[str]) -> None:
-    first_single = next((i for i, n in enumerate(layer_names) if n.startswith("s")), None)
-    if first_single is not None:
-        ax.axvline(first_single - 0.5, color="black", linestyle="--", linewidth=0.8)
-        ax.text(first_single - 0.4, ax.get_ylim()[1], " single-stream", va="top", fontsize=8)
+def _mark_block_groups(ax, groups: Sequence[tuple[str, int]]) -> None:
+    """A dashed line and a label where each block list after the first begins (e.g. FLUX's single-stream blocks)."""
+    for label, first in list(groups)[1:]:
+        ax.axvline(first - 0.5, color="black", linestyle="--", linewidth=0.8)
+        ax.text(first - 0.4, ax.get_ylim()[1], " " + label, va="top", fontsize=8)
 
 
 def plot_layer_change(
@@ -38,6 +39,7 @@ def plot_layer_change(
     path: Path,
     dpi: int = 300,
     ylim: float | None = None,
+    groups: Sequence[tuple[str, int]] = (),
 ) -> Path:
     """The paper's figure: every pair in light grey, the mean over pairs in green, layers on x.
     ``ylim``: symmetric y-range (upstream used 0.2); by default fitted to the data."""
@@ -55,12 +57,13 @@ def plot_layer_change(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(loc="lower left")
-    _mark_single_stream(ax, layer_names)
+    _mark_block_groups(ax, groups)
     return _save(fig, path, dpi)
 
 
 def plot_step_heatmap(
-    mean_change: torch.Tensor, layer_names: list[str], title: str, path: Path, dpi: int = 200
+    mean_change: torch.Tensor, layer_names: list[str], title: str, path: Path, dpi: int = 200,
+    groups: Sequence[tuple[str, int]] = (),
 ) -> Path:
     """Layers x steps heatmap of the mean change (diverging colours, 0 in white)."""
     fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(layer_names) + 2), max(4, 0.2 * mean_change.shape[0] + 2)))
@@ -73,5 +76,5 @@ def plot_step_heatmap(
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(title)
     fig.colorbar(im, ax=ax, label="mean change in cosine similarity")
-    _mark_single_stream(ax, layer_names)
+    _mark_block_groups(ax, groups)
     return _save(fig, path, dpi)

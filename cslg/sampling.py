@@ -1,48 +1,99 @@
-"""The denoising loop, one for both model families: guidance methods plug in, the loop stays the same."""
+"""The denoising loop, one for every family and method: the adapter supplies the family, the method its
+passes and formula; the pipeline's own encoding, noise, scheduler and VAE are used."""
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from .denoiser import Conditioning, Denoiser
-from .guidance import GuidanceMethod, Request
+from .attention import AttentionSink
+from .executor import BlockObserver, Executor
+from .families.base import Adapter, Conditioning
+from .methods.base import Method, Request, Step
+
+
+@dataclass
+class Prepared:
+    """Everything a sampling run needs besides the method: encoded rows, noise, timesteps, per-image extras."""
+
+    rows: list[str]
+    cond: Conditioning
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    extras: dict[str, Any]
+    texts: dict[str, str]
+
+
+def prepare(adapter: Adapter, rows: dict[str, str], seed: int, steps: int, height: int, width: int,
+            max_sequence_length: int) -> Prepared:
+    """Encode ``rows`` (name -> prompt), draw the noise of ``seed`` and the timesteps."""
+    adapter.check_size(height, width)
+    names = list(rows)
+    cond = adapter.encode([rows[n] for n in names], max_sequence_length)
+    latents, extras = adapter.initial_noise(seed, height, width)
+    timesteps = adapter.timesteps(steps, latents)
+    return Prepared(names, cond, latents, timesteps, extras, dict(rows))
+
+
+def check_layers(adapter: Adapter, method: Method) -> None:
+    """Raise ``LayerError`` (naming the valid range) when ``method`` refers to a layer the model lacks."""
+    adapter.resolve_layers(list(dict.fromkeys(method.referenced_layers())))
 
 
 @torch.no_grad()
 def denoise(
-    denoiser: Denoiser,
-    method: GuidanceMethod,
-    cond: Conditioning,
-    latents: torch.Tensor,
-    timesteps: torch.Tensor,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
+    adapter: Adapter,
+    method: Method,
+    run: Prepared,
+    latents: torch.Tensor | None = None,
+    observe: Callable[[int], BlockObserver | None] | None = None,
+    attention_kwargs: dict[str, Any] | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Run the flow-matching sampler from ``latents`` ([B, ...]) over ``timesteps``.
+    """Run the sampler from ``latents`` (default: ``run.latents``) over ``run.timesteps``.
 
-    At step ``i`` the method's passes are evaluated in one branched forward and combined into the
-    velocity for each latent; the pipeline's scheduler takes the step. ``on_step(i, t)`` runs before
-    each prediction (used by activation capture to know the step).
+    At step ``i`` the method's passes run in one branched forward and are combined into one prediction per
+    latent; the pipeline's scheduler takes the step. ``observe(i)`` may return a block observer for step ``i``.
     """
-    scheduler = denoiser.pipe.scheduler
-    n = len(timesteps)
-    with method.context(denoiser):
-        for i, t in enumerate(tqdm(timesteps, desc=method.name, disable=not progress, leave=False)):
-            if on_step is not None:
-                on_step(i, t)
-            preds = denoiser.predict(latents, t, cond, method.passes(i, n, len(cond)))
-            velocity = method.combine(preds, i, n)
-            latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
+    check_layers(adapter, method)
+    scheduler = adapter.pipe.scheduler
+    executor = Executor(adapter)
+    latents = run.latents if latents is None else latents
+    n = len(run.timesteps)
+    layout = adapter.layout(latents, run.extras)
+    recorded = method.recorded_attention(adapter)
+    sink = AttentionSink() if recorded else None
+    roles = {}
+    if recorded:
+        text_len = run.cond.embeds.shape[1]
+        roles = {name: adapter.text_roles(run.texts[name], text_len) for name in run.rows}
+    sigmas = getattr(scheduler, "sigmas", None)
+    with executor.attention(recorded[0]) if recorded else nullcontext():
+        for i, t in enumerate(tqdm(run.timesteps, desc=method.name, disable=not progress, leave=False)):
+            sigma = float(sigmas[i]) if sigmas is not None and i < len(sigmas) else None
+            step = Step(i, n, float(t), sigma, tuple(run.rows), layout, roles=roles)
+            preds = executor.predict(
+                latents, t, run.cond, run.rows, method.passes(step), run.extras, attention_kwargs,
+                record=(recorded[0], recorded[1], sink) if recorded else None,
+                observe=observe(i) if observe else None,
+            )
+            if sink is not None:
+                step = replace(step, attention=sink.take())
+            prediction = method.combine(preds, step)
+            if "cond" in preds:
+                prediction = adapter.guided(prediction, preds["cond"])
+            latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
     return latents
 
 
 @torch.no_grad()
-def generate(
-    denoiser: Denoiser,
-    method: GuidanceMethod,
+def sample(
+    adapter: Adapter,
+    method: Method,
     request: Request,
     seed: int,
     steps: int,
@@ -50,11 +101,11 @@ def generate(
     width: int,
     max_sequence_length: int,
     output_type: str = "pil",
+    attention_kwargs: dict[str, Any] | None = None,
     progress: bool = False,
 ):
     """One image for ``request`` from the noise of ``seed`` (the noise diffusers draws for that seed)."""
-    cond = denoiser.encode(method.rows(request), max_sequence_length)
-    latents = denoiser.initial_noise(seed, height, width)
-    timesteps = denoiser.timesteps(steps, latents)
-    latents = denoise(denoiser, method, cond, latents, timesteps, progress=progress)
-    return denoiser.decode(latents, height, width, output_type)[0]
+    check_layers(adapter, method)
+    run = prepare(adapter, method.rows(request), seed, steps, height, width, max_sequence_length)
+    latents = denoise(adapter, method, run, attention_kwargs=attention_kwargs, progress=progress)
+    return adapter.decode(latents, height, width, output_type)[0]

@@ -1,36 +1,32 @@
-"""Skipping transformer blocks: a skipped block returns its inputs unchanged and is not computed."""
+"""Skipping blocks inside any caller of the transformer (diffusers' own pipelines included): a skipped block
+returns its inputs unchanged, in its own output order, and is not computed."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Iterator, Sequence
 
-import torch
-import torch.nn as nn
+from diffusers import DiffusionPipeline
 
-from .layers import get_block, resolve_layers
-
-
-def _identity_block(hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, **_) -> tuple:
-    # Every FLUX / SD3 block returns (encoder_hidden_states, hidden_states).
-    return encoder_hidden_states, hidden_states
+from .families import adapter_for
 
 
 @contextmanager
-def skip_blocks(transformer: nn.Module, layers: Iterable[str | int]) -> Iterator[list[str]]:
-    """Within the context, the named blocks of ``transformer`` are identities for both streams.
+def skip_blocks(pipe: DiffusionPipeline, layers: Sequence[str | int]) -> Iterator[list[str]]:
+    """Within the context, the named blocks of ``pipe.transformer`` are identities for every stream::
 
-    Works with any caller of the transformer, diffusers' own pipelines included::
-
-        with skip_blocks(pipe.transformer, ["5", "s12"]):
+        with skip_blocks(pipe, ["5", "s12"]):
             image = pipe(prompt).images[0]
     """
-    names = resolve_layers(transformer, layers)
-    blocks = [get_block(transformer, name) for name in names]
-    for block in blocks:
-        block.forward = _identity_block
+    adapter = adapter_for(pipe)
+    names = adapter.resolve_layers(layers)
+    patched = []
+    for name in names:
+        _, block, convention = adapter.blocks[adapter.layer_names.index(name)]
+        block.forward = lambda *args, _c=convention, **kwargs: adapter.skip_output(_c, args, kwargs)
+        patched.append(block)
     try:
         yield names
     finally:
-        for block in blocks:
+        for block in patched:
             del block.forward

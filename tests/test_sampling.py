@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from cslg.denoiser import Pass, make_denoiser
-from cslg.guidance import CFG, NoGuidance, Request, SkipLayerGuidance, cfg, in_window, skip_term, weighted_skip
-from cslg.sampling import generate
+from cslg.executor import Executor, Pass
+from cslg.families import adapter_for
+from cslg.methods import CFG, CSLG, NoGuidance, Request, Step, cfg, in_window, perturbation_term, weighted_mean
+from cslg.sampling import prepare, sample
+from cslg.skip import skip_blocks
 
 from .conftest import H, MSL, W, tiny
 
@@ -25,7 +27,7 @@ def _ref(pipe, **kw):
 
 
 def _ours(pipe, method, guidance=3.5):
-    return generate(make_denoiser(pipe, guidance), method, Request(PROMPT, NEG), SEED, STEPS, H, W, MSL, output_type="np")
+    return sample(adapter_for(pipe, guidance), method, Request(PROMPT, NEG), SEED, STEPS, H, W, MSL, output_type="np")
 
 
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-sd35"])
@@ -41,7 +43,7 @@ def test_sd3_cslg_equals_diffusers_slg(name, layers, start, stop):
     pipe = tiny(name)
     ref = _ref(pipe, negative_prompt=NEG, guidance_scale=6.0, skip_guidance_layers=list(layers),
                skip_layer_guidance_scale=2.5, skip_layer_guidance_start=start, skip_layer_guidance_stop=stop)
-    ours = _ours(pipe, SkipLayerGuidance(tuple(map(str, layers)), 2.5, 6.0, start, stop))
+    ours = _ours(pipe, CSLG(tuple(map(str, layers)), 2.5, 6.0, start, stop))
     assert np.abs(ref - ours).max() <= TOL
     plain_cfg = _ours(pipe, CFG(6.0))
     assert np.abs(plain_cfg - ours).max() > TOL, "the skip term changed nothing: the test could not fail"
@@ -61,37 +63,37 @@ def test_flux_true_cfg_equals_diffusers(flux_pipe):
     assert np.abs(ref - _ours(flux_pipe, CFG(4.0))).max() <= TOL
 
 
+def _one_step(pipe, rows, step_index=1):
+    adapter = adapter_for(pipe, 3.5)
+    run = prepare(adapter, rows, SEED, STEPS, H, W, MSL)
+    return adapter, Executor(adapter), run, run.timesteps[step_index]
+
+
 def test_flux_cslg_equals_skip_context_formula(flux_pipe):
     """FLUX has no diffusers SLG: compare one step against separate forward passes with skip_blocks."""
-    from cslg.skip import skip_blocks
-
-    d = make_denoiser(flux_pipe, 3.5)
-    cond = d.encode([PROMPT], MSL)
-    latents = d.initial_noise(SEED, H, W)
-    t = d.timesteps(STEPS, latents)[1]
-    method = SkipLayerGuidance(("2", "s1"), 1.5)
-    preds = d.predict(latents, t, cond, method.passes(1, STEPS, 1))
-    ours = method.combine(preds, 1, STEPS)
-    c = d.predict(latents, t, cond, [Pass(0)])
-    with skip_blocks(flux_pipe.transformer, ["2", "s1"]):
-        c_skip = d.predict(latents, t, cond, [Pass(0)])
+    adapter, ex, run, t = _one_step(flux_pipe, {"cond": PROMPT})
+    method = CSLG(("2", "s1"), 1.5)
+    step = Step(1, STEPS)
+    ours = method.combine(ex.predict(run.latents, t, run.cond, run.rows, method.passes(step), run.extras), step)
+    c = ex.predict(run.latents, t, run.cond, run.rows, {"cond": Pass("cond")}, run.extras)["cond"]
+    with skip_blocks(flux_pipe, ["2", "s1"]):
+        c_skip = ex.predict(run.latents, t, run.cond, run.rows, {"cond": Pass("cond")}, run.extras)["cond"]
     assert torch.allclose(ours, c + 1.5 * (c - c_skip), atol=1e-5)
     assert not torch.allclose(c, c_skip, atol=1e-4)
 
 
 def test_skip_prefix_is_shared_and_skipped_blocks_not_computed(sd3_pipe):
-    d = make_denoiser(sd3_pipe)
+    adapter, ex, run, t = _one_step(sd3_pipe, {"uncond": NEG, "cond": PROMPT}, 0)
     rows = []
     handles = [b.register_forward_pre_hook(lambda m, a, kw: rows.append(kw["hidden_states"].shape[0]), with_kwargs=True)
-               for _, b in d.blocks]
-    cond = d.encode([NEG, PROMPT], MSL)
-    latents = d.initial_noise(0, H, W)
-    t = d.timesteps(STEPS, latents)[0]
+               for _, b, _ in adapter.blocks]
+    u, c = Pass("uncond"), Pass("cond")
     try:
-        d.predict(latents, t, cond, [Pass(0), Pass(1), Pass(1, frozenset({"3"}))])
+        ex.predict(run.latents, t, run.cond, run.rows, {"u": u, "c": c, "c3": Pass.of("cond", skip=["3"])}, run.extras)
         assert rows == [2, 2, 2, 2, 3, 3]  # block 3 runs on [u, c] only, later blocks on [u, c, c_skip]
         rows.clear()
-        d.predict(latents, t, cond, [Pass(0), Pass(1), Pass(1, frozenset({"1"})), Pass(1, frozenset({"4"}))])
+        ex.predict(run.latents, t, run.cond, run.rows,
+                   {"u": u, "c": c, "c1": Pass.of("cond", skip=["1"]), "c4": Pass.of("cond", skip=["4"])}, run.extras)
         assert rows == [2, 2, 3, 3, 3, 4]  # split at block 1 (skipped by one lane), again at block 4
     finally:
         for h in handles:
@@ -101,26 +103,27 @@ def test_skip_prefix_is_shared_and_skipped_blocks_not_computed(sd3_pipe):
 def test_weighted_multi_layer_skip():
     c = torch.ones(1, 2)
     skips = [torch.zeros(1, 2), torch.full((1, 2), 3.0)]
-    assert torch.allclose(weighted_skip(skips, [3.0, 1.0]), torch.full((1, 2), 0.75))
-    m = SkipLayerGuidance(("1", "2"), scale=2.0, cfg_scale=5.0, weights=(3.0, 1.0))
-    assert m.passes(2, 4, 2) == [Pass(0), Pass(1), Pass(1, frozenset({"1"})), Pass(1, frozenset({"2"}))]
+    assert torch.allclose(weighted_mean(skips, [3.0, 1.0]), torch.full((1, 2), 0.75))
+    m = CSLG((1, "2"), scale=2.0, cfg_scale=5.0, weights=(3.0, 1.0))
+    assert m.passes(Step(2, 4)) == {"uncond": Pass("uncond"), "cond": Pass("cond"),
+                                    "cond_skip0": Pass.of("cond", skip=["1"]), "cond_skip1": Pass.of("cond", skip=["2"])}
     u = torch.zeros(1, 2)
-    v = m.combine(torch.cat([u, c] + skips), 2, 4)
-    assert torch.allclose(v, cfg(u, c, 5.0) + skip_term(c, weighted_skip(skips, [3.0, 1.0]), 2.0))
+    v = m.combine({"uncond": u, "cond": c, "cond_skip0": skips[0], "cond_skip1": skips[1]}, Step(2, 4))
+    assert torch.allclose(v, cfg(u, c, 5.0) + perturbation_term(c, weighted_mean(skips, [3.0, 1.0]), 2.0))
 
 
 def test_window_and_cfg_free_variant():
     assert [in_window(i, 10, 0.01, 0.2) for i in range(4)] == [False, True, False, False]  # strict, as diffusers
-    m = SkipLayerGuidance(("1",), scale=1.0)  # w = 1: no unconditional pass, v = c + s (c - c_skip)
-    assert m.rows(Request("p", "n")) == ["p"]
+    m = CSLG(("1",), scale=1.0)  # w = 1: no unconditional pass, v = c + s (c - c_skip)
+    assert m.rows(Request("p", "n")) == {"cond": "p"}
     c, cs = torch.full((1, 1), 2.0), torch.full((1, 1), 0.5)
-    assert torch.allclose(m.combine(torch.cat([c, cs]), 0, 1), torch.full((1, 1), 3.5))
+    assert torch.allclose(m.combine({"cond": c, "cond_skip0": cs}, Step(0, 1)), torch.full((1, 1), 3.5))
 
 
 def test_bad_method_settings():
     with pytest.raises(ValueError, match="weights"):
-        SkipLayerGuidance(("1", "2"), 1.0, weights=(1.0,))
+        CSLG(("1", "2"), 1.0, weights=(1.0,))
     with pytest.raises(ValueError, match="start <= stop"):
-        SkipLayerGuidance(("1",), 1.0, start=0.5, stop=0.2)
+        CSLG(("1",), 1.0, start=0.5, stop=0.2)
     with pytest.raises(ValueError, match="no layers"):
-        SkipLayerGuidance((), 1.0)
+        CSLG((), 1.0)

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .denoiser import Pass
-from .guidance import GuidanceMethod, Request, cfg, check_window
-from .text import normalize_text, quoted_spans
+from ..executor import Pass
+from ..families.base import LatentLayout
+from ..text import normalize_text, quoted_spans
+from .base import Method, cfg, check_scale, check_window
 
-FLUX_PATCH_PIXELS = 4  # a packed FLUX token holds a 2x2 patch of every latent channel, channel-major
 SPACY_MODEL = "en_core_web_sm"
 SPLITTERS = ("simple", "spacy")
 _SEPARATOR = re.compile(r"\s*(?:[,;]|\band\b)\s*", re.IGNORECASE)
@@ -55,23 +55,11 @@ def cosine(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((_dot(x, y).abs() / denom) if denom > 0 else 0.0)
 
 
-def channel_view(x: torch.Tensor) -> torch.Tensor:
-    """``[C, M]``: the values of each latent channel of one latent.
-
-    SD3 ``[1, C, H, W]``: channel axis 1. FLUX packed ``[1, N, C*4]``: the last axis holds, per token,
-    a 2x2 patch of every channel (channel-major), so channel c is ``[..., 4c : 4c + 4]`` of every token.
-    """
-    if x.ndim == 4:
-        return x[0].flatten(1)
-    return x[0].unflatten(-1, (-1, FLUX_PATCH_PIXELS)).permute(1, 0, 2).flatten(1)
-
-
-def sparsify(x: torch.Tensor, level: float) -> torch.Tensor:
-    """Keep the entries of ``x`` with ``|x|`` at or above the quantile at ``level`` of ``|x|`` in their channel;
-    zero the rest."""
-    q = torch.quantile(channel_view(x.abs().float()), level, dim=1)  # [C]
-    threshold = q.view(1, -1, 1, 1) if x.ndim == 4 else q.repeat_interleave(FLUX_PATCH_PIXELS).view(1, 1, -1)
-    return torch.where(x.abs() >= threshold, x, torch.zeros_like(x))
+def sparsify(x: torch.Tensor, level: float, layout: LatentLayout) -> torch.Tensor:
+    """Keep the entries of ``x`` with ``|x|`` at or above the quantile at ``level`` of ``|x|`` in their latent
+    channel; zero the rest."""
+    q = torch.quantile(layout.channel_view(x.abs().float()), level, dim=1)  # [C]
+    return torch.where(x.abs() >= layout.per_channel(q), x, torch.zeros_like(x))
 
 
 def concept_terms(
@@ -80,6 +68,7 @@ def concept_terms(
     subject_threshold: float,
     abstract_threshold: float,
     upper_bound: float,
+    layout: LatentLayout,
 ) -> torch.Tensor:
     """``Σ(active terms)`` (float32, shaped like ``s_p`` ``[1, ...]``) for subject scores ``subjects`` ``[n, ...]``.
 
@@ -96,7 +85,7 @@ def concept_terms(
     s_a = abstract_concept(s_p, subjects)
     rho_a = cosine(s_p, s_a)
     if rho_a < abstract_threshold:
-        total = total + sparsify(s_a, rho_a)
+        total = total + sparsify(s_a, rho_a, layout)
     return total
 
 
@@ -139,10 +128,29 @@ def _noun_chunks(prompt: str) -> list[str]:
 
 
 # The method ---------------------------------------------------------------------------------------------
-@dataclass
-class ConceptDiffusion(GuidanceMethod):
-    """ConceptDiffusion: rows ``[negative, prompt, concept_1..n]``; concepts from ``request.concepts`` or,
-    when it is empty, ``split_concepts(prompt, concept_splitter)``.
+def concept_prediction(u: torch.Tensor, c: torch.Tensor, concepts: torch.Tensor, w: float, w_g: float,
+                       subject_threshold: float | None, abstract_threshold: float | None, upper_bound: float,
+                       layout: LatentLayout) -> torch.Tensor:
+    """``ṽ = u + w s_p + w_g Σ(active terms)`` with ``s_p = c - u`` and subject scores ``concepts - u``
+    (``concepts`` ``[n, ...]``); ``None`` thresholds are ``1/(n+1)``."""
+    v = cfg(u, c, w)
+    n = concepts.shape[0]
+    if n == 0:
+        return v
+    auto = 1.0 / (n + 1)
+    terms = concept_terms(
+        c - u, concepts - u,
+        auto if subject_threshold is None else subject_threshold,
+        auto if abstract_threshold is None else abstract_threshold,
+        upper_bound, layout,
+    )
+    return v + (w_g * terms).to(v.dtype)
+
+
+@dataclass(frozen=True)
+class ConceptDiffusion(Method):
+    """ConceptDiffusion: rows ``[uncond, cond, concept0..n-1]``; concepts from ``request.concepts`` or, when it
+    is empty, ``split_concepts(prompt, concept_splitter)``.
 
     ``concept_scale`` is w_g; ``start``/``stop`` the step window (fractions of the steps, inclusive);
     ``subject_threshold`` τ_s and ``abstract_threshold`` τ_a (``None``: 1/(n+1)); ``upper_bound`` u.
@@ -163,30 +171,22 @@ class ConceptDiffusion(GuidanceMethod):
         if self.concept_splitter not in SPLITTERS:
             raise ValueError(f"concept: concept_splitter must be one of {SPLITTERS}, got {self.concept_splitter!r}")
 
-    def rows(self, request: Request) -> list[str]:
+    def rows(self, request):
         concepts = list(request.concepts) or split_concepts(request.prompt, self.concept_splitter)
-        return [request.negative_prompt, request.prompt, *concepts]
+        return {"uncond": request.negative_prompt, "cond": request.prompt,
+                **{f"concept{j}": text for j, text in enumerate(concepts)}}
 
-    def passes(self, step, num_steps, num_rows):
-        if not concept_window(step, num_steps, self.start, self.stop):
-            return [Pass(0), Pass(1)]
-        return [Pass(row) for row in range(num_rows)]
+    def passes(self, step):
+        passes = {"uncond": Pass("uncond"), "cond": Pass("cond")}
+        if not concept_window(step.index, step.num_steps, self.start, self.stop):
+            return passes
+        return passes | {name: Pass(name) for name in step.rows if name.startswith("concept")}
 
-    def combine(self, preds, step, num_steps):
-        u, c = preds[0:1], preds[1:2]
-        v = cfg(u, c, self.cfg_scale)
-        n = preds.shape[0] - 2
-        if n == 0:
-            return v
-        auto = 1.0 / (n + 1)
-        terms = concept_terms(
-            c - u,
-            preds[2:] - u,
-            auto if self.subject_threshold is None else self.subject_threshold,
-            auto if self.abstract_threshold is None else self.abstract_threshold,
-            self.upper_bound,
-        )
-        return v + (self.concept_scale * terms).to(v.dtype)
+    def combine(self, preds, step):
+        concepts = [preds[name] for name in preds if name.startswith("concept")]
+        stacked = torch.cat(concepts) if concepts else preds["cond"][:0]
+        return concept_prediction(preds["uncond"], preds["cond"], stacked, self.cfg_scale, self.concept_scale,
+                                  self.subject_threshold, self.abstract_threshold, self.upper_bound, step.layout)
 
     def params(self):
         return {
@@ -199,3 +199,8 @@ class ConceptDiffusion(GuidanceMethod):
             "upper_bound": self.upper_bound,
             "concept_splitter": self.concept_splitter,
         }
+
+    @classmethod
+    def from_grid(cls, s):
+        scales = [check_scale(x, "--concept-scales") for x in s.concept_scales]
+        return [cls(cfg_scale=w, concept_scale=g) for w in s.cfg_scales for g in scales]

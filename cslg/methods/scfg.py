@@ -13,24 +13,22 @@ Per step (η = c - u, on velocities):
 4. ``ρ_i = N_fg / N_i`` per region with ``N`` the mean of ``‖η‖₂`` (over a token's channels) in the
    foreground / in region i, clamped to [0.8, 3.0], capped at 15/w, smoothed like the maps.
 
-Background tokens stand in for the UNet's start token: SD3 the CLIP ``<sot>``, FLUX the T5 padding tokens
-(see ``cslg.attention.text_roles``). Deviations from the reference code, as flags: ``completion="code"``
+Background tokens stand in for the UNet's start token (each adapter's ``text_roles``: SD3 the CLIP ``<sot>``,
+FLUX the T5 padding tokens). Deviations from the reference code, as flags: ``completion="code"``
 computes ``(S + 3 S²)/4 · C``; ``foreground_from="uncond"`` takes the foreground from the negative lane.
 The completion runs on the block-averaged maps (the reference completes every layer and averages after).
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .attention import AttentionRecorder, TextRoles, record_attention, text_roles
-from .denoiser import Denoiser, Pass
-from .guidance import GuidanceMethod, Request
+from ..executor import Pass
+from ..families.base import LatentLayout, TextRoles
+from .base import Method, canonical_layers
 
 COMPLETION_STEPS = 4  # R: powers of the self-attention averaged in the completion
 SMOOTH_SIGMA = 0.5  # 3x3 Gaussian on the token grid, for the maps and for ρ
@@ -114,69 +112,36 @@ def scale_map(eta_norm: torch.Tensor, masks: torch.Tensor, foreground: torch.Ten
     return smooth(rho)
 
 
-# Layouts -----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TokenGrid:
-    """The ``(h, w)`` grid of image tokens behind a velocity (tokens in row-major order, as the attention sees them).
-
-    SD3: velocity ``[B, C, H, W]``, each token a ``patch x patch`` latent patch. FLUX (``patch=None``):
-    packed velocity ``[B, h*w, D]``, one row per token.
-    """
-
-    h: int
-    w: int
-    patch: int | None
-
-    @classmethod
-    def of(cls, denoiser: Denoiser, velocity: torch.Tensor) -> TokenGrid:
-        if velocity.ndim == 4:
-            p = denoiser.transformer.config.patch_size
-            return cls(velocity.shape[-2] // p, velocity.shape[-1] // p, p)
-        ids = denoiser.img_ids  # (0, row, col) per packed token
-        return cls(int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1, None)
-
-    def token_norms(self, x: torch.Tensor) -> torch.Tensor:
-        """``‖x‖₂`` over each token's values (SD3: channels x patch; FLUX: the packed row): ``[B, h, w]``."""
-        if self.patch is None:
-            return x.float().norm(dim=-1).reshape(-1, self.h, self.w)
-        p = self.patch
-        patches = x.float().reshape(x.shape[0], x.shape[1], self.h, p, self.w, p)
-        return patches.square().sum(dim=(1, 3, 5)).sqrt()
-
-    def to_velocity(self, rho: torch.Tensor) -> torch.Tensor:
-        """A token map ``[B, h, w]`` in a shape that broadcasts against the velocity."""
-        if self.patch is None:
-            return rho.reshape(rho.shape[0], -1, 1)
-        return rho.repeat_interleave(self.patch, dim=-2).repeat_interleave(self.patch, dim=-1)[:, None]
-
-
-def role_maps(
-    cross: torch.Tensor, self_attn: torch.Tensor, roles: TextRoles, grid: TokenGrid, completion: str
-) -> torch.Tensor:
-    """Completed, smoothed maps ``[2 + K, h, w]`` of one lane: background, all other tokens, then
-    each content token (maps of several tokens are summed before the completion, which is linear)."""
+# The method ---------------------------------------------------------------------------------------------
+def role_maps(cross: torch.Tensor, self_attn: torch.Tensor, roles: TextRoles, layout: LatentLayout,
+              completion: str) -> torch.Tensor:
+    """Completed, smoothed maps ``[2 + K, h, w]`` of one pass: background, all other tokens, then each content
+    token (maps of several tokens are summed before the completion, which is linear)."""
     groups = [roles.background, roles.others] + [(i,) for i in roles.content]
     select = torch.zeros(cross.shape[-1], len(groups), device=cross.device)
     for j, tokens in enumerate(groups):
         select[list(tokens), j] = 1.0
     maps = complete(cross @ select, self_attn, completion)  # [N, 2 + K]
-    return smooth(maps.T.reshape(len(groups), grid.h, grid.w))
+    return smooth(maps.T.reshape(len(groups), layout.h, layout.w))
 
 
-def default_layers(transformer) -> list[str]:
-    """The middle third of the double-stream / joint blocks (S-CFG's UNet recipe used the middle resolutions)."""
-    n = len(transformer.transformer_blocks)
-    return [str(i) for i in range(n // 3, max(n // 3 + 1, 2 * n // 3))]
+def scfg_prediction(u: torch.Tensor, c: torch.Tensor, w: float, cond_maps: torch.Tensor, fore_maps: torch.Tensor,
+                    layout: LatentLayout) -> torch.Tensor:
+    """S-CFG from the role maps of the conditional pass and of the pass the foreground comes from
+    (``role_maps`` layout): regions, foreground, ``ρ`` and ``v = u + w ρ ⊙ (c - u)``."""
+    masks = region_masks(torch.cat([cond_maps[:1], cond_maps[2:]]))  # background + content tokens
+    foreground = foreground_mask(fore_maps[0], fore_maps[1])
+    rho = scale_map(layout.token_norms(c - u)[0], masks, foreground, w)
+    return guide(u, c, w, layout.to_prediction(rho[None]).to(u.dtype))
 
 
-# The method ---------------------------------------------------------------------------------------------
-@dataclass
-class SCFG(GuidanceMethod):
-    """S-CFG: ``v = u + w ρ ⊙ (c - u)`` every step; on FLUX this modulates true CFG with the negative prompt.
+@dataclass(frozen=True)
+class SCFG(Method):
+    """S-CFG: ``v = u + w ρ ⊙ (c - u)`` every step; on FLUX and Qwen-Image this modulates true CFG.
 
-    ``layers``: blocks whose attention is recorded (default ``default_layers``: the middle third of the
-    double-stream / joint blocks). ``completion``: ``"paper"`` or ``"code"``; ``foreground_from``: the
-    conditional lane (``"cond"``, paper) or the negative lane (``"uncond"``, reference code).
+    ``layers``: blocks whose attention is recorded (default: the adapter's ``default_attention_layers``, the
+    middle third of the first block list). ``completion``: ``"paper"`` or ``"code"``; ``foreground_from``:
+    the conditional pass (``"cond"``, paper) or the unconditional one (``"uncond"``, reference code).
     """
 
     cfg_scale: float = 7.5
@@ -184,62 +149,41 @@ class SCFG(GuidanceMethod):
     completion: str = "paper"
     foreground_from: str = "cond"
     name = "scfg"
-    _prompts: tuple[str, str] | None = field(default=None, init=False, repr=False, compare=False)
-    _run: tuple[Denoiser, AttentionRecorder] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
+        if self.layers is not None:
+            object.__setattr__(self, "layers", canonical_layers(self.layers))
         if self.completion not in COMPLETIONS:
             raise ValueError(f"scfg: completion must be one of {COMPLETIONS}, got {self.completion!r}")
         if self.foreground_from not in FOREGROUND_SOURCES:
             raise ValueError(f"scfg: foreground_from must be one of {FOREGROUND_SOURCES}, got {self.foreground_from!r}")
 
-    @property
-    def lanes(self) -> tuple[int, ...]:
-        """Recorded lanes: 0 = negative, 1 = prompt (the passes never split)."""
-        return (0, 1) if self.foreground_from == "uncond" else (1,)
+    def referenced_layers(self):
+        return self.layers or ()
 
-    def rows(self, request: Request) -> list[str]:
-        self._prompts = (request.negative_prompt, request.prompt)  # their token roles are needed per step
-        return [request.negative_prompt, request.prompt]
+    def rows(self, request):
+        return {"uncond": request.negative_prompt, "cond": request.prompt}
 
-    def passes(self, step, num_steps, num_rows):
-        return [Pass(0), Pass(1)]
+    def passes(self, step):
+        return {"uncond": Pass("uncond"), "cond": Pass("cond")}
 
-    @contextmanager
-    def context(self, denoiser: Denoiser) -> Iterator[None]:
-        layers = self.layers or default_layers(denoiser.transformer)
-        with record_attention(denoiser, layers, self.lanes) as recorder:
-            self._run = (denoiser, recorder)
-            try:
-                yield
-            finally:
-                self._run = None
+    def recorded_attention(self, adapter):
+        layers = self.layers or tuple(adapter.default_attention_layers())
+        return layers, tuple(dict.fromkeys(["cond", self.foreground_from]))
 
-    def combine(self, preds, step, num_steps):
-        if self._run is None or self._prompts is None:
-            raise RuntimeError("SCFG needs rows(request) and then its context(denoiser) around the sampling run")
-        denoiser, recorder = self._run
-        maps = recorder.take()
-        u, c = preds[0:1], preds[1:2]
-        grid = TokenGrid.of(denoiser, u)
-        text_len = maps.cross.shape[-1]
+    def combine(self, preds, step):
+        def maps(name: str) -> torch.Tensor:
+            recorded = step.attention[name]
+            return role_maps(recorded.cross, recorded.self_attn, step.roles[name], step.layout, self.completion)
 
-        def lane_maps(row: int) -> torch.Tensor:
-            lane = self.lanes.index(row)
-            roles = text_roles(denoiser.pipe, self._prompts[row], text_len)
-            return role_maps(maps.cross[lane], maps.self_attn[lane], roles, grid, self.completion)
-
-        cond = lane_maps(1)
-        masks = region_masks(torch.cat([cond[:1], cond[2:]]))  # background + content tokens
-        fore = cond if self.foreground_from == "cond" else lane_maps(0)
-        foreground = foreground_mask(fore[0], fore[1])
-        rho = scale_map(grid.token_norms(c - u)[0], masks, foreground, self.cfg_scale)
-        return guide(u, c, self.cfg_scale, grid.to_velocity(rho[None]).to(u.dtype))
+        cond = maps("cond")
+        fore = cond if self.foreground_from == "cond" else maps("uncond")
+        return scfg_prediction(preds["uncond"], preds["cond"], self.cfg_scale, cond, fore, step.layout)
 
     def params(self):
         return {
             "cfg_scale": self.cfg_scale,
-            "layers": list(self.layers) if self.layers else "middle third of the double-stream blocks",
+            "layers": list(self.layers) if self.layers else "middle third of the first block list",
             "completion": self.completion,
             "foreground_from": self.foreground_from,
             "completion_steps": COMPLETION_STEPS,
@@ -247,3 +191,7 @@ class SCFG(GuidanceMethod):
             "scale_clamp": [SCALE_MIN, SCALE_MAX],
             "scale_cap": SCALE_CAP,
         }
+
+    @classmethod
+    def from_grid(cls, s):
+        return [cls(cfg_scale=w, layers=s.scfg_layers) for w in s.cfg_scales]

@@ -1,0 +1,113 @@
+"""Skip-layer guidance: CSLG (contrastively chosen layers) and diffusers' SD3 SLG recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..executor import Pass
+from .base import Method, canonical_layers, cfg, check_scale, check_window, in_window, layer_sets, perturbation_term, weighted_mean
+
+# diffusers' StableDiffusion3Pipeline defaults for skip-layer guidance (SD3.5-medium recipe).
+SLG_LAYERS = ("7", "8", "9")
+SLG_SCALE = 2.8
+SLG_START = 0.01
+SLG_STOP = 0.2
+
+
+@dataclass(frozen=True)
+class CSLG(Method):
+    """``v = u + w (c - u) + s (c - c_skip)`` inside the step window ``N*start < i < N*stop``, CFG (or ``c``)
+    outside; ``c_skip`` is the conditional pass with ``layers`` skipped (identities, not computed).
+
+    With ``weights`` each layer gets its own skip pass and ``c_skip = Σ a_k c_skip(k) / Σ a_k`` (upstream
+    "MSG"). ``cfg_scale = 1`` drops the unconditional pass: ``v = c + s (c - c_skip)``; upstream FLUX wrote
+    ``c_skip + s' (c - c_skip)``, so ``s = s' - 1``.
+    """
+
+    layers: tuple[str, ...]
+    scale: float
+    cfg_scale: float = 1.0
+    start: float = 0.0
+    stop: float = 1.0
+    weights: tuple[float, ...] | None = None
+    name = "cslg"
+
+    def __post_init__(self):
+        object.__setattr__(self, "layers", canonical_layers(self.layers))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+        if not self.layers:
+            raise ValueError(f"{self.name}: no layers to skip")
+        if self.weights is not None:
+            if len(self.weights) != len(self.layers):
+                raise ValueError(f"{self.name}: {len(self.weights)} weights for {len(self.layers)} layers")
+            if sum(self.weights) <= 0 or any(w < 0 for w in self.weights):
+                raise ValueError(f"{self.name}: layer weights must be non-negative with a positive sum")
+        check_window(self.name, self.start, self.stop)
+
+    @property
+    def use_cfg(self) -> bool:
+        return self.cfg_scale != 1.0
+
+    def skip_sets(self) -> list[tuple[str, ...]]:
+        return [self.layers] if self.weights is None else [(layer,) for layer in self.layers]
+
+    def referenced_layers(self):
+        return self.layers
+
+    def rows(self, request):
+        rows = {"cond": request.prompt}
+        return {"uncond": request.negative_prompt, **rows} if self.use_cfg else rows
+
+    def passes(self, step):
+        base = {"uncond": Pass("uncond"), "cond": Pass("cond")} if self.use_cfg else {"cond": Pass("cond")}
+        if not in_window(step.index, step.num_steps, self.start, self.stop):
+            return base
+        return {**base, **{f"cond_skip{k}": Pass.of("cond", skip=s) for k, s in enumerate(self.skip_sets())}}
+
+    def combine(self, preds, step):
+        c = preds["cond"]
+        v = cfg(preds["uncond"], c, self.cfg_scale) if self.use_cfg else c
+        skips = [preds[name] for name in preds if name.startswith("cond_skip")]
+        if not skips:
+            return v
+        c_skip = skips[0] if self.weights is None else weighted_mean(skips, self.weights)
+        return v + perturbation_term(c, c_skip, self.scale)
+
+    def params(self):
+        p = {"cfg_scale": self.cfg_scale, "cslg_scale": self.scale, "layers": list(self.layers),
+             "start": self.start, "stop": self.stop}
+        if self.weights is not None:
+            p["layer_weights"] = list(self.weights)
+        return p
+
+    @classmethod
+    def from_grid(cls, s):
+        if not s.layers:
+            raise ValueError("cslg needs layers: set LAYERS, --layers or --layers-from")
+        if s.layer_weights is not None and s.layer_combinations != "given":
+            raise ValueError("--layer-weights applies to one layer set: use --layer-combinations given")
+        scales = [check_scale(x, "--cslg-scales") for x in s.cslg_scales]
+        return [
+            cls(layers, scale, w, s.cslg_start, s.cslg_stop, s.layer_weights)
+            for layers in layer_sets(s.layers, s.layer_combinations)
+            for w in s.cfg_scales
+            for scale in scales
+        ]
+
+
+@dataclass(frozen=True)
+class SLG(CSLG):
+    """diffusers' skip-layer guidance for SD3 (``skip_guidance_layers``): CSLG with its default layers 7, 8, 9,
+    scale 2.8 and window 0.01-0.2."""
+
+    layers: tuple[str, ...] = SLG_LAYERS
+    scale: float = SLG_SCALE
+    cfg_scale: float = 7.0
+    start: float = SLG_START
+    stop: float = SLG_STOP
+    name = "slg"
+
+    @classmethod
+    def from_grid(cls, s):
+        return [cls(s.slg_layers, s.slg_scale, w, s.slg_start, s.slg_stop) for w in s.cfg_scales]
