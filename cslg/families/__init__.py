@@ -12,9 +12,11 @@ from .base import (
     Streams, TextRoles,
 )
 from .flux import FluxAdapter
+from .pixart import PixArtSigmaAdapter
+from .qwenimage import QwenImageAdapter
 from .sd3 import SD3Adapter
 
-ADAPTERS: tuple[type[Adapter], ...] = (FluxAdapter, SD3Adapter)
+ADAPTERS: tuple[type[Adapter], ...] = (FluxAdapter, SD3Adapter, QwenImageAdapter, PixArtSigmaAdapter)
 
 
 def adapter_class(pipe: DiffusionPipeline) -> type[Adapter]:
