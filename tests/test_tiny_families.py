@@ -1,12 +1,6 @@
-"""The tiny Qwen-Image and PixArt-Σ presets: real diffusers classes, offline tokenizers, deterministic images.
-
-These tests build the presets with ``build_tiny`` rather than ``conftest.tiny`` (``load_pipeline``), which only
-accepts pipelines that have a family adapter.
-"""
+"""The tiny Qwen-Image and PixArt-Σ presets: real diffusers classes, offline tokenizers, deterministic images."""
 
 from __future__ import annotations
-
-from functools import cache
 
 import numpy as np
 import pytest
@@ -25,7 +19,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from cslg.tiny import QWEN_PROMPT_TEMPLATE, TINY_PRESETS, build_tiny, qwen_tokenizer
 
-from .conftest import H, MSL, W
+from .conftest import H, MSL, W, tiny
 
 PROMPT = "a sign that says 'OPEN'"
 NEG = "blurry, low quality"
@@ -36,14 +30,6 @@ RT_TOL = 1e-5
 
 QWEN_CFG = dict(negative_prompt=NEG, true_cfg_scale=4.0)
 PIXART = dict(use_resolution_binning=False, clean_caption=False)
-
-
-@cache
-def tiny(name: str):
-    """A cached preset (fp32, CPU). Tests must not modify it."""
-    pipe = build_tiny(name)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _run(pipe, prompt=PROMPT, seed=0, **kw) -> np.ndarray:
