@@ -7,13 +7,16 @@ layer finder, and the baselines (SLG, S-CFG, ConceptDiffusion) on every supporte
 
 from .api import find_layers, generate, layer_names
 from .families import ADAPTERS, Adapter, LayerError, adapter_for, family_of
-from .methods import CFG, CSLG, REGISTRY, SCFG, SLG, ConceptDiffusion, Method, NoGuidance, Request, Step
+from .methods import (
+    APG, CFG, CSLG, PAG, REGISTRY, SCFG, SLG, CFGZeroStar, ConceptDiffusion, Method, NoGuidance, Request,
+    SkippedNegativeSLG, Step,
+)
 from .skip import skip_blocks
 
 __version__ = "0.2.0"
 
 __all__ = [
-    "ADAPTERS", "Adapter", "CFG", "CSLG", "ConceptDiffusion", "LayerError", "Method", "NoGuidance", "REGISTRY",
+    "APG", "CFGZeroStar", "PAG", "SkippedNegativeSLG", "ADAPTERS", "Adapter", "CFG", "CSLG", "ConceptDiffusion", "LayerError", "Method", "NoGuidance", "REGISTRY",
     "Request", "SCFG", "SLG", "Step", "adapter_for", "family_of", "find_layers", "generate", "layer_names",
     "skip_blocks",
 ]

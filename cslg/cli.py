@@ -164,6 +164,13 @@ def grid_parser(doc: str, **d) -> argparse.ArgumentParser:
     p.add_argument("--slg-stop", type=float, default=SLG_STOP, help="slg (diffusers SLG) window stop")
     p.add_argument("--scfg-layers", nargs="+", default=None, help="blocks whose attention S-CFG records (default: middle third)")
     p.add_argument("--concept-scales", type=float_list, default=[7.5], help="ConceptDiffusion guidance scales w_g")
+    p.add_argument("--pag-scales", type=float_list, default=[3.0], help="pag: perturbed-attention guidance scales s")
+    p.add_argument("--pag-layers", nargs="+", default=None,
+                   help="pag: blocks with identity attention (default: the family's diffusers default, else the cslg layers)")
+    p.add_argument("--apg-eta", type=float, default=1.0, help="apg: weight η of the part of c - u parallel to c")
+    p.add_argument("--apg-norm-threshold", type=float, default=15.0, help="apg: norm threshold r of c - u (0: none)")
+    p.add_argument("--apg-momentum", type=float, default=None, help="apg: momentum β (default: none; the paper: -0.5)")
+    p.add_argument("--cfgzero-zero-init-steps", type=int, default=1, help="cfgzero: steps with zero velocity first")
     p.add_argument("--guidance", type=float, default=d["guidance"], help=d["guidance_help"])
     p.add_argument("--negative-prompt", default=d["negative_prompt"], help="negative prompt of the unconditional pass")
     p.add_argument("--shard", default=None, help="i/n: run shard i of n (default: from accelerate / SLURM env, else 0/1)")
@@ -201,7 +208,11 @@ def run_grid_command(args: argparse.Namespace, family: str | None = None, defaul
     else:
         layers = parse_layer_list([str(x) for x in default_layers])
 
-    def methods_for(distilled: bool | None):
+    explicit = args.layers is not None or args.layers_from is not None
+
+    def methods_for(distilled: bool | None, pag_default: tuple[str, ...] = ()):
+        """The grid's methods; ``pag`` takes --pag-layers, else the contrastive layers when given, else the family's
+        diffusers default, else the cslg layers."""
         cfg_scales = args.cfg_scales
         if distilled is False and args.guidance is not None:
             cfg_scales = [args.guidance]  # without a distilled embedding, "guidance" is the CFG scale, as in diffusers
@@ -213,18 +224,27 @@ def run_grid_command(args: argparse.Namespace, family: str | None = None, defaul
                 cslg_start=args.cslg_start, cslg_stop=args.cslg_stop,
                 slg_layers=tuple(parse_layer_list(args.slg_layers)), slg_start=args.slg_start, slg_stop=args.slg_stop,
                 scfg_layers=tuple(parse_layer_list(args.scfg_layers)) if args.scfg_layers else None,
-                concept_scales=tuple(args.concept_scales),
+                concept_scales=tuple(args.concept_scales), pag_scales=tuple(args.pag_scales),
+                pag_layers=tuple(parse_layer_list(args.pag_layers)) if args.pag_layers else
+                (None if explicit else pag_default or None),
+                apg_eta=args.apg_eta, apg_norm_threshold=args.apg_norm_threshold, apg_momentum=args.apg_momentum,
+                cfgzero_zero_init_steps=args.cfgzero_zero_init_steps,
             ))
         except ValueError as e:
             raise SystemExit(f"error: {e}") from None
 
     # every method is built before the model loads, so bad settings fail fast
-    methods = methods_for(None if family is None else adapter_class_by_name(family).has_distilled_guidance)
+    if family is None:
+        methods = methods_for(None)
+    else:
+        known = adapter_class_by_name(family)
+        methods = methods_for(known.has_distilled_guidance, known.pag_default_layers)
     if args.device is None and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         args.device = f"cuda:{os.environ['LOCAL_RANK']}"  # one process per GPU under accelerate launch
     pipe = load_from_args(args, family)
-    distilled = adapter_class(pipe).has_distilled_guidance
-    methods = methods_for(distilled)
+    loaded = adapter_class(pipe)
+    distilled = loaded.has_distilled_guidance
+    methods = methods_for(distilled, loaded.pag_default_layers)
     adapter = adapter_for(pipe, guidance=args.guidance if distilled else None)
     for method in methods:
         try:

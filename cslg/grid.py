@@ -54,6 +54,12 @@ class GridSettings:
     slg_stop: float = SLG_STOP
     scfg_layers: tuple[str, ...] | None = None  # None: S-CFG's default (middle third of the double-stream blocks)
     concept_scales: tuple[float, ...] = (7.5,)  # ConceptDiffusion's w_g
+    pag_scales: tuple[float, ...] = (3.0,)
+    pag_layers: tuple[str, ...] | None = None  # None: the family's diffusers default, else the cslg layers
+    apg_eta: float = 1.0
+    apg_norm_threshold: float = 15.0
+    apg_momentum: float | None = None
+    cfgzero_zero_init_steps: int = 1
 
 
 def build_methods(s: GridSettings) -> list[Method]:
@@ -72,7 +78,7 @@ def method_tag(method: Method) -> str:
     readable = [method.name]
     if isinstance(params.get("layers"), list):
         readable.append("L" + "-".join(params["layers"]))
-    for key, short in (("cfg_scale", "w"), ("cslg_scale", "s")):
+    for key, short in (("cfg_scale", "w"), ("cslg_scale", "s"), ("pag_scale", "s")):
         if key in params:
             readable.append(f"{short}{params[key]:g}")
     if params:  # the digest keeps tags unique when settings beyond the readable ones differ
@@ -86,8 +92,9 @@ def method_label(method: Method) -> str:
     parts = [method.name]
     if isinstance(params.get("layers"), list):
         parts.append("[" + ",".join(params["layers"]) + "]")
-    if "cslg_scale" in params:
-        parts.append(f"s={params['cslg_scale']:g}")
+    for key in ("cslg_scale", "pag_scale"):
+        if key in params:
+            parts.append(f"s={params[key]:g}")
     if "cfg_scale" in params:
         parts.append(f"w={params['cfg_scale']:g}")
     if "concept_scale" in params:

@@ -72,10 +72,11 @@ def denoise(
         text_len = run.cond.embeds.shape[1]
         roles = {name: adapter.text_roles(run.texts[name], text_len) for name in run.rows}
     sigmas = getattr(scheduler, "sigmas", None)
+    memory: dict[str, Any] = {}
     with executor.attention(recorded[0]) if recorded else nullcontext():
         for i, t in enumerate(tqdm(run.timesteps, desc=method.name, disable=not progress, leave=False)):
             sigma = float(sigmas[i]) if sigmas is not None and i < len(sigmas) else None
-            step = Step(i, n, float(t), sigma, tuple(run.rows), layout, roles=roles)
+            step = Step(i, n, float(t), sigma, tuple(run.rows), layout, memory, roles=roles)
             preds = executor.predict(
                 latents, t, run.cond, run.rows, method.passes(step), run.extras, attention_kwargs,
                 record=(recorded[0], recorded[1], sink) if recorded else None,
@@ -84,7 +85,7 @@ def denoise(
             if sink is not None:
                 step = replace(step, attention=sink.take())
             prediction = method.combine(preds, step)
-            if "cond" in preds:
+            if "uncond" in preds and "cond" in preds:  # the family's post-processing of true CFG
                 prediction = adapter.guided(prediction, preds["cond"])
             latents = scheduler.step(prediction, t, latents, return_dict=False)[0]
     return latents

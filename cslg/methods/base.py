@@ -47,6 +47,11 @@ def in_window(step: int, num_steps: int, start: float, stop: float) -> bool:
     return num_steps * start < step < num_steps * stop
 
 
+def guider_window(step: int, num_steps: int, start: float, stop: float) -> bool:
+    """diffusers' guider window: ``int(N*start) <= step < int(N*stop)``."""
+    return int(num_steps * start) <= step < int(num_steps * stop)
+
+
 def check_window(name: str, start: float, stop: float) -> None:
     """A step window is two fractions of the steps with ``0 <= start <= stop <= 1``."""
     if not 0.0 <= start <= stop <= 1.0:
@@ -90,7 +95,8 @@ class Request:
 class Step:
     """One denoising step as a method sees it. ``rows``: the names of the conditioning rows; ``attention``: the recorded maps by pass name (in ``combine``,
     where the method asked for them); ``layout``: the image-token layout of the predictions; ``roles``: the
-    text-token roles of each conditioning row (where the method records attention)."""
+    text-token roles of each conditioning row (where the method records attention); ``memory``: one mutable
+    dictionary per sampling run, shared by its steps (e.g. APG's momentum average)."""
 
     index: int
     num_steps: int
@@ -98,6 +104,7 @@ class Step:
     sigma: float | None = None
     rows: tuple[str, ...] = ()
     layout: LatentLayout | None = None
+    memory: dict[str, Any] = field(default_factory=dict)
     attention: Mapping[str, AttentionMaps] = field(default_factory=dict)
     roles: Mapping[str, TextRoles] = field(default_factory=dict)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from ..executor import Pass
+from ..executor import SKIP, Pass
 from .base import Method, canonical_layers, cfg, check_scale, check_window, in_window, layer_sets, perturbation_term, weighted_mean
 
 # diffusers' StableDiffusion3Pipeline defaults for skip-layer guidance (SD3.5-medium recipe).
@@ -31,6 +32,8 @@ class CSLG(Method):
     stop: float = 1.0
     weights: tuple[float, ...] | None = None
     name = "cslg"
+    perturbation: ClassVar[str] = SKIP
+    scale_key: ClassVar[str] = "cslg_scale"
 
     def __post_init__(self):
         object.__setattr__(self, "layers", canonical_layers(self.layers))
@@ -59,23 +62,28 @@ class CSLG(Method):
         rows = {"cond": request.prompt}
         return {"uncond": request.negative_prompt, **rows} if self.use_cfg else rows
 
+    def active(self, step) -> bool:
+        """diffusers' SLG window: ``N*start < i < N*stop`` (strict)."""
+        return in_window(step.index, step.num_steps, self.start, self.stop)
+
     def passes(self, step):
         base = {"uncond": Pass("uncond"), "cond": Pass("cond")} if self.use_cfg else {"cond": Pass("cond")}
-        if not in_window(step.index, step.num_steps, self.start, self.stop):
+        if not self.active(step):
             return base
-        return {**base, **{f"cond_skip{k}": Pass.of("cond", skip=s) for k, s in enumerate(self.skip_sets())}}
+        perturbed = {f"cond_perturbed{k}": Pass.of("cond", **{self.perturbation: s}) for k, s in enumerate(self.skip_sets())}
+        return base | perturbed
 
     def combine(self, preds, step):
         c = preds["cond"]
         v = cfg(preds["uncond"], c, self.cfg_scale) if self.use_cfg else c
-        skips = [preds[name] for name in preds if name.startswith("cond_skip")]
-        if not skips:
+        perturbed = [preds[name] for name in preds if name.startswith("cond_perturbed")]
+        if not perturbed:
             return v
-        c_skip = skips[0] if self.weights is None else weighted_mean(skips, self.weights)
-        return v + perturbation_term(c, c_skip, self.scale)
+        c_p = perturbed[0] if self.weights is None else weighted_mean(perturbed, self.weights)
+        return v + perturbation_term(c, c_p, self.scale)
 
     def params(self):
-        p = {"cfg_scale": self.cfg_scale, "cslg_scale": self.scale, "layers": list(self.layers),
+        p = {"cfg_scale": self.cfg_scale, self.scale_key: self.scale, "layers": list(self.layers),
              "start": self.start, "stop": self.stop}
         if self.weights is not None:
             p["layer_weights"] = list(self.weights)
