@@ -33,11 +33,21 @@ demo: install
 		--methods none cfg cslg scfg concept --cfg-scales 1,3.5 --cslg-scales 1,2 \
 		--layers-from $(DEMO_OUT)/flux_analysis/layers.json --top-k 2 --out $(DEMO_OUT)/flux_run
 	$(PY) SD3_final_experiments.py --model tiny-sd35 --limit 3 --seeds 0,1 $(DEMO_SIZE) \
-		--methods none cfg slg cslg scfg concept --slg-layers 3 4 \
+		--methods none cfg slg cslg scfg concept pag slg-neg --slg-layers 3 4 \
 		--layers-from $(DEMO_OUT)/sd35_analysis/layers.json --top-k 2 --out $(DEMO_OUT)/sd35_run
+	@echo "== the same workflow with the cslg command on the other families, with the field's methods =="
+	for fam in qwenimage pixart-sigma; do \
+		$(PY) -m cslg capture --model tiny-$$fam --pairs 3 $(DEMO_SIZE) --out $(DEMO_OUT)/$${fam}_capture.safetensors && \
+		$(PY) -m cslg analyse $(DEMO_OUT)/$${fam}_capture.safetensors --out $(DEMO_OUT)/$${fam}_analysis --dpi 100 && \
+		$(PY) -m cslg grid --model tiny-$$fam --limit 1 --seeds 0 $(DEMO_SIZE) --cfg-scales 4 \
+			--methods none cfg cslg pag apg cfgzero slg-neg scfg concept --cslg-scales 2 --pag-scales 2 \
+			--layers-from $(DEMO_OUT)/$${fam}_analysis/layers.json --top-k 1 --out $(DEMO_OUT)/$${fam}_run || exit 1; \
+	done
 	@echo "== step 4: OCR evaluation =="
 	$(PY) eval.py --run $(DEMO_OUT)/flux_run
 	$(PY) eval.py --run $(DEMO_OUT)/sd35_run
+	$(PY) -m cslg eval --run $(DEMO_OUT)/qwenimage_run
+	$(PY) -m cslg eval --run $(DEMO_OUT)/pixart-sigma_run
 	@echo "demo outputs: $(DEMO_OUT)/ (captures, *_analysis/layers.json and figures, *_run/contact_sheets, *_run/eval)"
 
 benchmarks: install
