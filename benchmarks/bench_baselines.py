@@ -2,7 +2,7 @@
 
 On randomly initialised SD3 and FLUX transformers scaled up from the tiny presets so that the transformer
 dominates (CPU friendly: well under 3 minutes on 2 cores). Each step's time is taken between the
-sampler's ``on_step`` calls; the methods alternate in rounds and the median step counts, so a busy
+sampler's ``observe(i)`` calls (made as each step starts); the methods alternate in rounds and the median step counts, so a busy
 machine hurts all methods alike. Ideal ratios: S-CFG ~1.0 (no extra pass; attention recording on a few
 blocks, target within 10 %), ConceptDiffusion (n + 2) / 2 for n concepts (one batched forward of n + 2
 lanes against CFG's 2).
@@ -22,11 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cslg.concept import ConceptDiffusion, split_concepts  # noqa: E402
-from cslg.denoiser import Denoiser, make_denoiser  # noqa: E402
-from cslg.guidance import CFG, GuidanceMethod, Request  # noqa: E402
-from cslg.sampling import denoise  # noqa: E402
-from cslg.scfg import SCFG, default_layers  # noqa: E402
+from cslg.families import Adapter, adapter_for  # noqa: E402
+from cslg.methods import CFG, SCFG, ConceptDiffusion, Method, Request  # noqa: E402
+from cslg.methods.concept import split_concepts  # noqa: E402
+from cslg.sampling import denoise, prepare  # noqa: E402
 from cslg.tiny import TinySize, build_tiny_flux, build_tiny_sd3  # noqa: E402
 
 FAMILIES = ["sd3", "flux"]
@@ -39,10 +38,11 @@ CFG_SCALE = 7.5
 MODEL = TinySize(double_blocks=8, single_blocks=4, heads=4, head_dim=128, text_dim=64, t5_dim=128, sample_size=64)
 
 
-def build(family: str) -> Denoiser:
+def build(family: str) -> Adapter:
     pipe = build_tiny_flux(MODEL) if family == "flux" else build_tiny_sd3(MODEL)
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
-    return make_denoiser(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    return adapter_for(pipe)
 
 
 def sync() -> float:
@@ -51,12 +51,12 @@ def sync() -> float:
     return time.perf_counter()
 
 
-def step_times(denoiser: Denoiser, method: GuidanceMethod, size: int, steps: int) -> list[float]:
+def step_times(adapter: Adapter, method: Method, size: int, steps: int) -> list[float]:
     """Seconds per denoising step (prediction, combination and scheduler step) of one run."""
-    cond = denoiser.encode(method.rows(Request(PROMPT)), MAX_SEQUENCE_LENGTH)
-    latents = denoiser.initial_noise(0, size, size)
+    run = prepare(adapter, method.rows(Request(PROMPT)), 0, steps, size, size, MAX_SEQUENCE_LENGTH)
     stamps: list[float] = []
-    denoise(denoiser, method, cond, latents, denoiser.timesteps(steps, latents), on_step=lambda i, t: stamps.append(sync()))
+    # ``observe(i)`` is called as step i starts (it returns no block observer): a time stamp per step
+    denoise(adapter, method, run, observe=lambda i: stamps.append(sync()))
     stamps.append(sync())
     return [b - a for a, b in zip(stamps, stamps[1:])]
 
@@ -70,21 +70,21 @@ def main() -> None:
     args = parser.parse_args()
 
     n = len(split_concepts(PROMPT))
-    methods = [CFG(CFG_SCALE), SCFG(CFG_SCALE), ConceptDiffusion(CFG_SCALE)]
+    methods = [CFG(CFG_SCALE), SCFG(cfg_scale=CFG_SCALE), ConceptDiffusion(cfg_scale=CFG_SCALE)]
     ideal = {"cfg": 1.0, "scfg": 1.0, "concept": (n + 2) / 2}
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     print(f"{MODEL}\n{args.size}x{args.size} px, {args.steps} steps x {args.rounds} rounds, device {device}, prompt {PROMPT!r} (n = {n})")
     for family in args.families:
-        denoiser = build(family)
+        adapter = build(family)
         times: dict[str, list[float]] = {m.name: [] for m in methods}
         for m in methods:
-            step_times(denoiser, m, args.size, 1)  # warm-up
+            step_times(adapter, m, args.size, 1)  # warm-up
         for _ in range(args.rounds):
             for m in methods:
-                times[m.name] += step_times(denoiser, m, args.size, args.steps)
+                times[m.name] += step_times(adapter, m, args.size, args.steps)
         base = statistics.median(times["cfg"])
-        layers = ", ".join(default_layers(denoiser.transformer))
-        print(f"\n{family}: {len(denoiser.blocks)} blocks, S-CFG records blocks {layers}")
+        layers = ", ".join(adapter.default_attention_layers())
+        print(f"\n{family}: {len(adapter.blocks)} blocks, S-CFG records blocks {layers}")
         print(f"  {'method':<8} {'ms/step':>9} {'x cfg':>7} {'ideal':>7}")
         for m in methods:
             per_step = statistics.median(times[m.name])

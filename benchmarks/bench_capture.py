@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from cslg.capture import CaptureConfig, PairTrajectory, capture_pair  # noqa: E402
-from cslg.denoiser import make_denoiser  # noqa: E402
+from cslg.families import adapter_for  # noqa: E402
 from cslg.prompts import PromptPair  # noqa: E402
-from cslg.sampling import denoise  # noqa: E402
+from cslg.sampling import denoise, prepare  # noqa: E402
 from cslg.tiny import TinySize, build_tiny_flux, build_tiny_sd3  # noqa: E402
 
 FAMILY = "flux"
@@ -48,15 +48,14 @@ def runner(family: str, size: int, steps: int):
     pipe = (build_tiny_flux if family == "flux" else build_tiny_sd3)(MODEL_SIZE)
     pipe.to("cuda" if torch.cuda.is_available() else "cpu")
     pipe.set_progress_bar_config(disable=True)
-    d = make_denoiser(pipe)
     guidance = 3.5 if family == "flux" else 7.0
+    d = adapter_for(pipe, guidance if family == "flux" else None)
     config = CaptureConfig("bench", "-", 1, steps, 0, size, size, guidance, MSL)
 
     def plain():
-        method = PairTrajectory("independent", guidance if family == "sd3" else None)
-        cond = d.encode(method.rows(PAIR), MSL)
-        noise = d.initial_noise(0, size, size)
-        denoise(d, method, cond, noise.repeat(2, *[1] * (noise.ndim - 1)), d.timesteps(steps, noise))
+        method = PairTrajectory("independent", None if d.has_distilled_guidance else guidance)
+        run = prepare(d, method.rows(PAIR), 0, steps, size, size, MSL)
+        denoise(d, method, run, run.latents.repeat(2, *[1] * (run.latents.ndim - 1)))
 
     def diffusers():
         pipe([PAIR.negative, PAIR.positive], num_inference_steps=steps, height=size, width=size, guidance_scale=guidance,

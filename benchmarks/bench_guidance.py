@@ -21,9 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from cslg.denoiser import make_denoiser  # noqa: E402
-from cslg.guidance import CFG, Request, SkipLayerGuidance  # noqa: E402
-from cslg.sampling import generate  # noqa: E402
+from cslg.executor import Executor  # noqa: E402
+from cslg.families import adapter_for  # noqa: E402
+from cslg.methods import CFG, CSLG, Request, Step  # noqa: E402
+from cslg.sampling import prepare, sample  # noqa: E402
 from cslg.tiny import TinySize, build_tiny_flux, build_tiny_sd3  # noqa: E402
 
 SIZE = 64
@@ -56,25 +57,30 @@ def timed(fn, repeats: int = REPEATS, warmup: bool = True) -> float:
 
 
 def step_costs(pipe, family: str, size: int, steps: int) -> None:
-    d = make_denoiser(pipe)
-    cond = d.encode(["", PROMPT], 128)
-    latents = d.initial_noise(0, size, size)
-    t = d.timesteps(steps, latents)[1]
-    cfg_passes = CFG(CFG_SCALE).passes(1, steps, 2)
-    base = timed(lambda: d.predict(latents, t, cond, cfg_passes))
+    d = adapter_for(pipe)
+    ex = Executor(d)
+    run = prepare(d, CFG(CFG_SCALE).rows(Request(PROMPT)), 0, steps, size, size, 128)
+    t = run.timesteps[1]
+    step = Step(1, steps, rows=tuple(run.rows))
+
+    def predict(method):
+        return ex.predict(run.latents, t, run.cond, run.rows, method.passes(step), run.extras)
+
+    base = timed(lambda: predict(CFG(CFG_SCALE)))
     names = d.layer_names
     print(f"\n[{family}] {len(names)} blocks, {size}x{size}, one step, median of {REPEATS} (cfg step: {base * 1000:.1f} ms)")
     print(f"{'skipped layers':>16} {'cslg / cfg':>11} {'ideal':>7} {'diffusers-style ideal':>22}")
     for layers in SKIPS[family]:
-        method = SkipLayerGuidance(tuple(layers), SCALE, CFG_SCALE)
-        cost = timed(lambda: d.predict(latents, t, cond, method.passes(1, steps, 2)))
+        method = CSLG(tuple(layers), SCALE, CFG_SCALE)
+        assert len(method.passes(step)) == 3, "the skip pass must run at the timed step"
+        cost = timed(lambda: predict(method))
         first = min(names.index(name) for name in layers)
         ideal = (2 + (len(names) - first - 1) / len(names)) / 2
         print(f"{','.join(layers):>16} {cost / base:>11.3f} {ideal:>7.3f} {1.5:>22.3f}")
 
 
 def against_diffusers(pipe, size: int, steps: int) -> None:
-    d = make_denoiser(pipe)
+    d = adapter_for(pipe)
     layers = [6]
     kw = dict(num_inference_steps=steps, height=size, width=size, max_sequence_length=128, output_type="latent",
               guidance_scale=CFG_SCALE)
@@ -84,14 +90,14 @@ def against_diffusers(pipe, size: int, steps: int) -> None:
              skip_layer_guidance_scale=SCALE, skip_layer_guidance_start=0.0, skip_layer_guidance_stop=1.0, **kw)
 
     def ours_slg():
-        generate(d, SkipLayerGuidance(("6",), SCALE, CFG_SCALE, 0.0, 1.0), Request(PROMPT), 0, steps, size, size, 128,
-                 output_type="latent")
+        sample(d, CSLG(("6",), SCALE, CFG_SCALE, 0.0, 1.0), Request(PROMPT), 0, steps, size, size, 128,
+               output_type="latent")
 
     def diffusers_cfg():
         pipe(PROMPT, generator=torch.Generator("cpu").manual_seed(0), **kw)
 
     def ours_cfg():
-        generate(d, CFG(CFG_SCALE), Request(PROMPT), 0, steps, size, size, 128, output_type="latent")
+        sample(d, CFG(CFG_SCALE), Request(PROMPT), 0, steps, size, size, 128, output_type="latent")
 
     runs = {"diffusers SLG": diffusers_slg, "ours cslg": ours_slg, "diffusers CFG": diffusers_cfg, "ours cfg": ours_cfg}
     times: dict[str, list[float]] = {name: [] for name in runs}

@@ -18,6 +18,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
+from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
+
 from .attention import AttentionControl, AttentionSink
 from .families.base import Adapter, Conditioning, Streams
 
@@ -94,14 +96,26 @@ class Executor:
         attention is recorded. ``observe(layer, streams, lane of each pass)`` runs after every block.
         """
         a = self.adapter
-        perturbed = {layer for p in passes.values() for layer, kind in p.perturb if kind == IDENTITY_ATTENTION}
+        hooked = {layer for p in passes.values() for layer, kind in p.perturb if kind == IDENTITY_ATTENTION}
         if record is not None:
-            perturbed |= set(record[0])
-        if perturbed and (self._control is None or not perturbed <= set(self._control.calls)):
-            with self.attention(sorted(perturbed)):
+            hooked |= set(record[0])
+        if hooked and (self._control is None or not hooked <= set(self._control.calls)):
+            with self.attention(sorted(hooked)):
                 return self.predict(latents, t, cond, rows, passes, extras, attention_kwargs, record, observe)
         if hook := getattr(a.transformer, "_hf_hook", None):  # model CPU offload: bring the weights over
             hook.pre_forward(a.transformer)
+        attention_kwargs = dict(attention_kwargs or {})
+        lora_scale = attention_kwargs.pop("scale", 1.0)  # as diffusers' transformers apply it around their forward
+        if USE_PEFT_BACKEND:
+            scale_lora_layers(a.transformer, lora_scale)
+        try:
+            return self._predict(latents, t, cond, rows, passes, extras, attention_kwargs or None, record, observe)
+        finally:
+            if USE_PEFT_BACKEND:
+                unscale_lora_layers(a.transformer, lora_scale)
+
+    def _predict(self, latents, t, cond, rows, passes, extras, attention_kwargs, record, observe):
+        a = self.adapter
         names = list(passes)
         sources = list(dict.fromkeys((passes[n].latent, passes[n].row) for n in names))
         lane_of = {n: sources.index((passes[n].latent, passes[n].row)) for n in names}

@@ -105,8 +105,11 @@ def sample(
     attention_kwargs: dict[str, Any] | None = None,
     progress: bool = False,
 ):
-    """One image for ``request`` from the noise of ``seed`` (the noise diffusers draws for that seed)."""
+    """One image for ``request`` from the noise of ``seed`` (the noise diffusers draws for that seed).
+    ``output_type="latent"``: the final latents, not decoded (as diffusers' pipelines return them)."""
     check_layers(adapter, method)
     run = prepare(adapter, method.rows(request), seed, steps, height, width, max_sequence_length)
     latents = denoise(adapter, method, run, attention_kwargs=attention_kwargs, progress=progress)
+    if output_type == "latent":
+        return latents[0]
     return adapter.decode(latents, height, width, output_type)[0]

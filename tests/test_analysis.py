@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+import cslg.plots
 import visualize
-from cslg.activations import save_capture
-from cslg.analysis import first_difference, per_pair_scores, rank_layers, relative_change
+from cslg.activations import load_capture, save_capture
+from cslg.analysis import analyse, first_difference, per_pair_scores, rank_layers, relative_change
+from cslg.command import main as cslg_main
 
 
 def test_first_difference_and_relative_change():
@@ -67,3 +70,27 @@ def test_visualize_errors(tmp_path):
         visualize.main([str(a), "--step", "last"])
     with pytest.raises(FileNotFoundError):
         visualize.main([str(tmp_path / "missing.safetensors")])
+
+
+def test_analyse_marks_block_groups_and_cslg_analyse_command(tmp_path, monkeypatch, capsys):
+    seen = []
+    real = cslg.plots._mark_block_groups
+    monkeypatch.setattr(cslg.plots, "_mark_block_groups",
+                        lambda ax, groups: seen.append([tuple(g) for g in groups]) or real(ax, groups))
+    groups = [["double-stream blocks", 0], ["single-stream blocks", 2]]
+    cos = torch.ones(2, 3, 4)
+    cos[:, :, 3] = 0.7  # only s1 separates the prompts
+    a = _capture(tmp_path / "a.safetensors", cos, ["0", "1", "s0", "s1"], block_groups=groups)
+    result = analyse([load_capture(a)], tmp_path / "ana", top_k=1, dpi=50)
+    assert seen == [[("double-stream blocks", 0), ("single-stream blocks", 2)]] * 2  # per-layer figure and heatmap
+    assert result["suggested"] == ["s1"] and result["family"] == "flux" and result["pairs"] == 2
+    assert [row["layer"] for row in result["ranking"]] == ["s1", "0", "1", "s0"]
+    assert Path(result["path"]).is_file() and all(Path(f).is_file() for f in result["figures"])
+    assert json.loads(Path(result["path"]).read_text())["suggested"] == ["s1"]
+
+    layers_json = cslg_main(["analyse", str(a), "--out", str(tmp_path / "cmd"), "--metric", "relative",
+                             "--step", "-1", "--top-k", "2", "--dpi", "50"])
+    data = json.loads(Path(layers_json).read_text())
+    assert data["metric"] == "relative" and data["step"] == -1 and data["suggested"] == ["s1", "0"]
+    assert data["ranking"][0]["score"] == pytest.approx(-0.3)
+    assert "top-2 layers (relative, step -1): s1, 0" in capsys.readouterr().out

@@ -12,8 +12,10 @@ import FLUX_LayerExperiment_pairwise as flux_script
 import SD3_LayerExperiment_pairwise as sd3_script
 from cslg import inspect as inspect_cli
 from cslg.activations import load_capture, read_metadata
-from cslg.capture import CaptureConfig, capture_pair, resolve_steps, run_capture
-from cslg.denoiser import Pass, make_denoiser
+from cslg.capture import CaptureConfig, PairTrajectory, capture_pair, resolve_steps, run_capture
+from cslg.executor import Executor, Pass
+from cslg.families import adapter_for
+from cslg.methods import Step
 from cslg.prompts import PromptPair
 
 from .conftest import H, MSL, STEPS, W, tiny
@@ -29,27 +31,29 @@ def _config(name, trajectory="independent", guidance=None, **kw):
     return CaptureConfig(name, "pairs.json", len(PAIRS), STEPS, 3, H, W, guidance, MSL, trajectory, **kw)
 
 
-def _direct_step0(denoiser, pair, config):
-    """Block outputs of the two prompts, each run alone at step 0 from the same noise."""
+def _direct_step0(adapter, pair, config):
+    """Block outputs of the two prompts, each run alone at step 0 from the same noise (forward hooks on the
+    blocks, reading the image stream in each block's own output order)."""
     outs = {}
-    handles = [b.register_forward_hook(lambda m, a, o, i=i: outs.setdefault(i, []).append(o[1]))
-               for i, (_, b) in enumerate(denoiser.blocks)]
-    noise = denoiser.initial_noise(config.seed, H, W)
-    t = denoiser.timesteps(STEPS, noise)[0]
+    handles = [b.register_forward_hook(lambda m, a, o, i=i, bl=bl: outs.setdefault(i, []).append(adapter.image_output(bl, o)))
+               for i, (_, b, bl) in enumerate(adapter.blocks)]
+    noise, extras = adapter.initial_noise(config.seed, H, W)
+    t = adapter.timesteps(STEPS, noise)[0]
     try:
         for prompt in (pair.negative, pair.positive):
-            denoiser.predict(noise, t, denoiser.encode([prompt], MSL), [Pass(0)])
+            Executor(adapter).predict(noise, t, adapter.encode([prompt], MSL), ["p"], {"p": Pass("p")}, extras)
     finally:
         for h in handles:
             h.remove()
+    assert all(len(outs[i]) == 2 for i in range(len(adapter.blocks)))
     return torch.stack([F.cosine_similarity(outs[i][0].flatten(), outs[i][1].flatten(), dim=0)
-                        for i in range(len(denoiser.blocks))])
+                        for i in range(len(adapter.blocks))])
 
 
 @pytest.mark.parametrize("name", ["tiny-flux", "tiny-sd3", "tiny-sd35"])
 @pytest.mark.parametrize("trajectory", ["independent", "shared"])
 def test_cosine_equals_direct_computation_at_step0(name, trajectory):
-    d = make_denoiser(tiny(name), 3.5)
+    d = adapter_for(tiny(name), 3.5)
     config = _config(name, trajectory)
     out = capture_pair(d, PAIRS[0], config)
     assert out["cosine"].shape == (STEPS, len(d.blocks))
@@ -59,8 +63,25 @@ def test_cosine_equals_direct_computation_at_step0(name, trajectory):
     assert (direct < 1 - 1e-6).any(), "the two prompts gave identical activations: the test could not fail"
 
 
+def test_pair_trajectory_passes_and_rows():
+    pair = PAIRS[0]
+    ind, shared = PairTrajectory("independent", 5.0), PairTrajectory("shared")
+    assert ind.rows(pair) == {"uncond": "", "a": pair.negative, "b": pair.positive}
+    assert shared.rows(pair) == {"a": pair.negative, "b": pair.positive}
+    assert ind.passes(Step(0, 2)) == {"uncond_a": Pass("uncond", latent=0), "uncond_b": Pass("uncond", latent=1),
+                                      "a": Pass("a", latent=0), "b": Pass("b", latent=1)}
+    assert shared.passes(Step(0, 2)) == {"a": Pass("a"), "b": Pass("b")}
+    assert PairTrajectory("independent", 1.0).cfg_scale is None  # CFG runs only above 1
+    u, a, b = torch.zeros(1, 2), torch.ones(1, 2), torch.full((1, 2), 2.0)
+    v = ind.combine({"uncond_a": u, "uncond_b": u, "a": a, "b": b}, Step(0, 2))
+    assert torch.equal(v, torch.cat([5.0 * a, 5.0 * b]))
+    assert torch.equal(shared.combine({"a": a, "b": b}, Step(0, 2)), a)  # the shared latent follows a
+    with pytest.raises(ValueError, match="--trajectory"):
+        PairTrajectory("sideways")
+
+
 def test_trajectory_modes_differ_after_step0(sd3_pipe):
-    d = make_denoiser(sd3_pipe)
+    d = adapter_for(sd3_pipe)
     ind = capture_pair(d, PAIRS[1], _config("tiny-sd3", "independent"))["cosine"]
     shared = capture_pair(d, PAIRS[1], _config("tiny-sd3", "shared"))["cosine"]
     assert torch.allclose(ind[0], shared[0], atol=1e-6)  # same noise at step 0
@@ -68,15 +89,17 @@ def test_trajectory_modes_differ_after_step0(sd3_pipe):
 
 
 def test_file_round_trip_metadata_and_activations(flux_pipe, tmp_path):
-    d = make_denoiser(flux_pipe, 3.5)
+    d = adapter_for(flux_pipe, 3.5)
     config = _config("tiny-flux", save_layers=("2", "s1"), save_steps=(0, STEPS - 1))
     path = run_capture(d, PAIRS, config, tmp_path / "cap.safetensors", progress=False)
     cap = load_capture(path)
     assert cap.cosine.shape == (2, STEPS, 12) and cap.cosine.dtype == torch.float32
     assert cap.layer_names == [str(i) for i in range(6)] + [f"s{i}" for i in range(6)]
     for key in ("model", "prompts_file", "pairs", "steps", "timesteps", "seed", "guidance", "max_sequence_length",
-                "height", "width", "layer_names", "trajectory"):
+                "height", "width", "layer_names", "trajectory", "family", "block_groups"):
         assert key in cap.metadata, key
+    assert cap.metadata["family"] == "flux"
+    assert cap.metadata["block_groups"] == [["double-stream blocks", 0], ["single-stream blocks", 6]]
     assert len(cap.metadata["timesteps"]) == STEPS and cap.metadata["seed"] == 3
     tokens = (H // 2 // 2) * (W // 2 // 2)
     assert cap.activations["s1"].shape == (2, 2, 2, tokens, flux_pipe.transformer.inner_dim)
@@ -88,7 +111,7 @@ def test_file_round_trip_metadata_and_activations(flux_pipe, tmp_path):
 
 
 def test_resume_skips_finished_pairs(sd3_pipe, tmp_path, monkeypatch):
-    d = make_denoiser(sd3_pipe)
+    d = adapter_for(sd3_pipe)
     config = _config("tiny-sd3")
     out = tmp_path / "cap.safetensors"
     import cslg.capture as capture_mod
@@ -96,11 +119,11 @@ def test_resume_skips_finished_pairs(sd3_pipe, tmp_path, monkeypatch):
     calls = []
     real = capture_mod.capture_pair
 
-    def interrupted(denoiser, pair, cfg):
+    def interrupted(adapter, pair, cfg):
         if calls:
             raise KeyboardInterrupt
         calls.append(pair)
-        return real(denoiser, pair, cfg)
+        return real(adapter, pair, cfg)
 
     monkeypatch.setattr(capture_mod, "capture_pair", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -119,7 +142,7 @@ def test_resume_refuses_other_settings(sd3_pipe, tmp_path):
     partial.mkdir()
     (partial / "config.json").write_text(json.dumps({"hash": "0" * 12}))
     with pytest.raises(ValueError, match="different settings"):
-        run_capture(make_denoiser(sd3_pipe), PAIRS, _config("tiny-sd3"), tmp_path / "cap.safetensors", progress=False)
+        run_capture(adapter_for(sd3_pipe), PAIRS, _config("tiny-sd3"), tmp_path / "cap.safetensors", progress=False)
 
 
 def test_scripts_and_inspect(tmp_path, capsys, root):

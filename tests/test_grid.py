@@ -9,11 +9,12 @@ from PIL import Image
 
 import FLUX_final_experiments as flux_script
 import SD3_final_experiments as sd3_script
-from cslg.denoiser import make_denoiser
+from cslg.families import adapter_for
 from cslg.grid import (
-    GridSettings, ImageSettings, build_methods, enumerate_groups, layer_sets, method_tag, parse_shard, run_grid,
-    shard_groups,
+    GridSettings, ImageSettings, build_methods, enumerate_groups, method_tag, parse_shard, run_grid, shard_groups,
 )
+from cslg.methods import CFG, CSLG, SCFG, ConceptDiffusion, NoGuidance
+from cslg.methods.base import layer_sets
 from cslg.io import read_jsonl
 from cslg.prompts import GenerationPrompt
 
@@ -30,11 +31,17 @@ def _settings(**kw):
 def test_layer_sets_and_grid_size():
     assert layer_sets(["9", "12"], "all") == [("9",), ("12",), ("9", "12")]
     assert layer_sets(["9", "12"], "given") == [("9", "12")]
+    with pytest.raises(ValueError, match="--layer-combinations"):
+        layer_sets(["9"], "some")
     methods = build_methods(_settings())
     assert len(methods) == 1 + 2 + 3 * 2 * 2
+    assert methods[:3] == [NoGuidance(), CFG(5.0), CFG(7.0)]
+    assert methods[3] == CSLG(("1",), 1.0, 5.0) and methods[-1] == CSLG(("1", "3"), 2.0, 7.0)
     baselines = build_methods(_settings(methods=("scfg", "concept"), concept_scales=(5.0, 7.5), scfg_layers=("2",)))
     assert [m.name for m in baselines] == ["scfg", "scfg", "concept", "concept", "concept", "concept"]
     assert baselines[0].layers == ("2",) and {m.concept_scale for m in baselines[2:]} == {5.0, 7.5}
+    assert all(isinstance(m, SCFG) for m in baselines[:2]) and all(isinstance(m, ConceptDiffusion) for m in baselines[2:])
+    assert {(m.cfg_scale, m.concept_scale) for m in baselines[2:]} == {(5.0, 5.0), (5.0, 7.5), (7.0, 5.0), (7.0, 7.5)}
     assert len({method_tag(m) for m in methods}) == len(methods)
     groups = enumerate_groups(PROMPTS, [0, 42, 7], methods)
     assert len(groups) == 6 and all(len(g) == len(methods) for g in groups)
@@ -77,12 +84,12 @@ def test_method_errors():
 def test_run_resume_after_interruption_and_shards_merge(sd3_pipe, tmp_path, monkeypatch):
     import cslg.grid as grid_mod
 
-    d = make_denoiser(sd3_pipe)
+    d = adapter_for(sd3_pipe)
     methods = build_methods(_settings(cfg_scales=(5.0,), cslg_scales=(2.0,), layer_combinations="given"))
     groups = enumerate_groups(PROMPTS, [0, 1], methods)
     settings = ImageSettings(steps=3, height=32, width=32, max_sequence_length=64)
     calls = []
-    real = grid_mod.generate
+    real = grid_mod.sample
 
     def flaky(*a, **kw):
         if len(calls) == 4:
@@ -90,13 +97,13 @@ def test_run_resume_after_interruption_and_shards_merge(sd3_pipe, tmp_path, monk
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(grid_mod, "generate", flaky)
+    monkeypatch.setattr(grid_mod, "sample", flaky)
     with pytest.raises(KeyboardInterrupt):
         run_grid(d, groups, settings, tmp_path, "tiny-sd3", shard=(0, 2), progress=False)
     assert len(list(tmp_path.rglob("images/**/*.png"))) == 4
     assert not list(tmp_path.rglob("*.tmp*"))
     calls.clear()
-    monkeypatch.setattr(grid_mod, "generate", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(grid_mod, "sample", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     run_grid(d, groups, settings, tmp_path, "tiny-sd3", shard=(0, 2), progress=False)
     assert len(calls) == 2  # 2 groups x 3 methods in shard 0, 4 already done
     run_grid(d, groups, settings, tmp_path, "tiny-sd3", shard=(1, 2), progress=False)

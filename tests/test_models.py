@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cslg.models import family_of, load_pipeline
+from cslg.families import adapter_for, family_of
+from cslg.models import load_pipeline
 from cslg.tiny import build_tiny
 
 from .conftest import tiny
@@ -16,7 +17,8 @@ from .conftest import tiny
 ])
 def test_presets_are_real_classes_in_eval_mode(name, family, double, single):
     pipe = tiny(name)
-    assert family_of(pipe) == family
+    assert family_of(pipe) == family and adapter_for(pipe).name == family
+    assert len(adapter_for(pipe).blocks) == double + single
     assert len(pipe.transformer.transformer_blocks) == double
     assert len(getattr(pipe.transformer, "single_transformer_blocks", [])) == single
     for component in pipe.components.values():
@@ -55,7 +57,9 @@ def test_load_errors(tmp_path):
         load_pipeline("tiny-unet", device="cpu")
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         load_pipeline(str(tmp_path), device="cpu")
-    with pytest.raises(ValueError, match="this script runs FluxPipeline"):
+    with pytest.raises(ValueError, match=r"is a StableDiffusion3Pipeline \(sd3\), but this script runs flux models"):
         load_pipeline("tiny-sd3", family="flux", device="cpu")
     with pytest.raises(ValueError, match="--offload"):
         load_pipeline("tiny-sd3", device="cpu", offload="disk")
+    with pytest.raises(ValueError, match="unsupported pipeline object: supported are .*FluxPipeline"):
+        family_of(object())

@@ -106,9 +106,9 @@ def test_weighted_multi_layer_skip():
     assert torch.allclose(weighted_mean(skips, [3.0, 1.0]), torch.full((1, 2), 0.75))
     m = CSLG((1, "2"), scale=2.0, cfg_scale=5.0, weights=(3.0, 1.0))
     assert m.passes(Step(2, 4)) == {"uncond": Pass("uncond"), "cond": Pass("cond"),
-                                    "cond_skip0": Pass.of("cond", skip=["1"]), "cond_skip1": Pass.of("cond", skip=["2"])}
+                                    "cond_perturbed0": Pass.of("cond", skip=["1"]), "cond_perturbed1": Pass.of("cond", skip=["2"])}
     u = torch.zeros(1, 2)
-    v = m.combine({"uncond": u, "cond": c, "cond_skip0": skips[0], "cond_skip1": skips[1]}, Step(2, 4))
+    v = m.combine({"uncond": u, "cond": c, "cond_perturbed0": skips[0], "cond_perturbed1": skips[1]}, Step(2, 4))
     assert torch.allclose(v, cfg(u, c, 5.0) + perturbation_term(c, weighted_mean(skips, [3.0, 1.0]), 2.0))
 
 
@@ -117,7 +117,7 @@ def test_window_and_cfg_free_variant():
     m = CSLG(("1",), scale=1.0)  # w = 1: no unconditional pass, v = c + s (c - c_skip)
     assert m.rows(Request("p", "n")) == {"cond": "p"}
     c, cs = torch.full((1, 1), 2.0), torch.full((1, 1), 0.5)
-    assert torch.allclose(m.combine({"cond": c, "cond_skip0": cs}, Step(0, 1)), torch.full((1, 1), 3.5))
+    assert torch.allclose(m.combine({"cond": c, "cond_perturbed0": cs}, Step(0, 1)), torch.full((1, 1), 3.5))
 
 
 def test_bad_method_settings():

@@ -1,0 +1,135 @@
+"""The public surface: ``import cslg``, ``cslg.generate``, ``cslg.layer_names``, ``cslg.find_layers`` and the
+``cslg`` command (``python -m cslg``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cslg
+from cslg.command import main
+from cslg.families import adapter_for
+from cslg.methods import Method
+from cslg.sampling import sample
+
+from .conftest import ROOT, tiny
+
+SMALL = dict(steps=2, height=32, width=32, max_sequence_length=32)
+PROMPT = "a sign that says 'OPEN'"
+
+
+def test_public_names():
+    for name in ("generate", "CSLG", "CFG", "NoGuidance", "SCFG", "ConceptDiffusion", "layer_names", "find_layers",
+                 "LayerError"):
+        assert hasattr(cslg, name), name
+        assert name in cslg.__all__, name
+    assert all(issubclass(getattr(cslg, name), Method) for name in ("CSLG", "CFG", "NoGuidance", "SCFG", "ConceptDiffusion"))
+    assert issubclass(cslg.LayerError, ValueError)
+    from cslg.families import LayerError as from_families
+    from cslg.families.base import LayerError as from_base
+    assert cslg.LayerError is from_families is from_base
+    assert callable(cslg.generate) and callable(cslg.find_layers) and callable(cslg.layer_names)
+
+
+@pytest.mark.parametrize("name,layers,valid", [
+    ("tiny-sd3", [99], r"valid layers are 0-5$"),
+    ("tiny-sd3", ["S3"], r"valid layers are 0-5$"),
+    ("tiny-flux", [99], r"valid layers are 0-5 \(double-stream blocks\) and s0-s5 \(single-stream blocks\)"),
+    ("tiny-flux", ["s99"], r"valid layers are 0-5 \(double-stream blocks\) and s0-s5 \(single-stream blocks\)"),
+])
+def test_generate_rejects_unknown_layers(name, layers, valid):
+    canonical = str(layers[0]).lower()  # the message names the layer as the method holds it
+    with pytest.raises(cslg.LayerError, match=rf"unknown layer '{canonical}': {valid}"):
+        cslg.generate(tiny(name), PROMPT, cslg.CSLG(layers=layers, scale=1.0), **SMALL)
+
+
+def test_generate_accepts_valid_upper_case_names(flux_pipe):
+    """``"S3"`` is FLUX's single-stream block s3 (names are case-insensitive)."""
+    image = cslg.generate(flux_pipe, PROMPT, cslg.CSLG(layers=["S3"], scale=1.0), output_type="np", **SMALL)
+    assert image.shape == (32, 32, 3) and np.isfinite(image).all()
+
+
+def test_generate_cfg_equals_sample_and_diffusers(sd3_pipe):
+    seed, neg = 3, "blurry"
+    ours = cslg.generate(sd3_pipe, PROMPT, cslg.CFG(4.0), seed=seed, negative_prompt=neg, output_type="np", **SMALL)
+    direct = sample(adapter_for(sd3_pipe), cslg.CFG(4.0), cslg.Request(PROMPT, neg), seed, 2, 32, 32, 32, "np")
+    ref = sd3_pipe(PROMPT, negative_prompt=neg, num_inference_steps=2, height=32, width=32, max_sequence_length=32,
+                   guidance_scale=4.0, output_type="np", generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+    assert ours.shape == ref.shape == (32, 32, 3)
+    assert np.array_equal(ours, direct)
+    assert np.abs(ours - ref).max() <= 1 / 255
+    other = cslg.generate(sd3_pipe, PROMPT, cslg.CFG(4.0), seed=seed + 1, negative_prompt=neg, output_type="np", **SMALL)
+    assert np.abs(other - ref).max() > 1 / 255, "another seed gave the same image: the test could not fail"
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+def test_generate_latent_output_is_not_decoded(name):
+    """``output_type="latent"`` gives the final latents, as diffusers' pipelines return them."""
+    pipe = tiny(name)
+    method, kw = (cslg.CFG(4.0), dict(guidance_scale=4.0)) if name == "tiny-sd3" else (cslg.NoGuidance(), {})
+    ours = cslg.generate(pipe, PROMPT, method, seed=2, output_type="latent", **SMALL)
+    ref = pipe(PROMPT, num_inference_steps=2, height=32, width=32, max_sequence_length=32, output_type="latent",
+               generator=torch.Generator("cpu").manual_seed(2), **kw).images[0]
+    assert ours.shape == ref.shape
+    assert torch.allclose(ours, ref, atol=1e-4)
+
+
+def test_generate_returns_a_pil_image_by_default(sd3_pipe):
+    image = cslg.generate(sd3_pipe, PROMPT, cslg.NoGuidance(), progress=False, **SMALL)
+    assert image.size == (32, 32)
+
+
+def test_find_layers(sd3_pipe, tmp_path):
+    pairs = [("a dog", "a dog with a tag that says 'buddy'")]
+    result = cslg.find_layers(sd3_pipe, pairs, top_k=2, **SMALL)
+    names = cslg.layer_names(sd3_pipe)
+    assert isinstance(result, dict)
+    assert len(result["suggested"]) == 2 and set(result["suggested"]) <= set(names)
+    ranking = [row["layer"] for row in result["ranking"]]
+    assert sorted(ranking, key=names.index) == names  # every layer exactly once
+    assert result["suggested"] == ranking[:2]
+    scores = [row["score"] for row in result["ranking"]]
+    assert scores == sorted(scores) and all(np.isfinite(scores))
+    assert result["family"] == "sd3" and result["pairs"] == 1 and result["top_k"] == 2
+    assert not {"path", "figures", "captures"} & set(result)  # no paths into the deleted temporary folder
+
+    kept = cslg.find_layers(sd3_pipe, pairs, top_k=2, out=tmp_path, **SMALL)
+    assert kept["suggested"] == result["suggested"] and kept["ranking"] == result["ranking"]
+    assert kept["path"] == str(tmp_path / "layers.json") and all(Path(f).is_file() for f in kept["figures"])
+    assert json.loads((tmp_path / "layers.json").read_text())["suggested"] == result["suggested"]
+    assert (tmp_path / "capture.safetensors").is_file() and len(list(tmp_path.glob("*.png"))) == 2
+
+
+def _cslg(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "cslg", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_command_help(capsys):
+    done = _cslg("--help")
+    assert done.returncode == 0, done.stderr
+    for command in ("capture", "analyse", "grid", "eval", "inspect"):
+        assert f"\n  {command} " in done.stdout, command
+    with pytest.raises(SystemExit) as exit_:  # the same entry point in-process (no second interpreter start)
+        main(["grid", "--help"])
+    assert exit_.value.code == 0 and "--cslg-scales" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown command 'paint'"):
+        main(["paint"])
+
+
+def test_command_grid_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    done = _cslg("grid", "--model", "tiny-sd3", "--limit", "1", "--seeds", "0", "--steps", "2", "--height", "32",
+                 "--width", "32", "--max-sequence-length", "32", "--methods", "none", "cfg", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["method"] for r in records) == ["cfg", "none"]
+    assert all((out / r["image"]).is_file() and r["model"] == "tiny-sd3" and r["seed"] == 0 for r in records)
+    assert all(r["params"]["steps"] == 2 and r["params"]["height"] == 32 for r in records)
+    assert len(list((out / "contact_sheets").glob("*.png"))) == 1
+    assert f"run folder: {out}" in done.stdout
