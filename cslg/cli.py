@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -234,11 +235,13 @@ def run_grid_command(args: argparse.Namespace, family: str | None = None, defaul
             raise SystemExit(f"error: {e}") from None
 
     # every method is built before the model loads, so bad settings fail fast
-    if family is None:
-        methods = methods_for(None)
-    else:
-        known = adapter_class_by_name(family)
-        methods = methods_for(known.has_distilled_guidance, known.pag_default_layers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the build after loading warns
+        if family is None:
+            methods_for(None)
+        else:
+            known = adapter_class_by_name(family)
+            methods_for(known.has_distilled_guidance, known.pag_default_layers)
     if args.device is None and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         args.device = f"cuda:{os.environ['LOCAL_RANK']}"  # one process per GPU under accelerate launch
     pipe = load_from_args(args, family)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -30,7 +31,7 @@ from .methods import REGISTRY, Method, Request
 from .methods.base import LAYER_COMBINATIONS, check_scale
 from .methods.cslg import SLG_LAYERS, SLG_SCALE, SLG_START, SLG_STOP
 from .prompts import GenerationPrompt
-from .sampling import sample
+from .sampling import DegenerateMethodWarning, sample
 from .text import prompt_slug
 
 METHODS = tuple(REGISTRY)
@@ -69,7 +70,12 @@ def build_methods(s: GridSettings) -> list[Method]:
             raise ValueError(f"--methods: unknown method {name!r}; choose from {', '.join(METHODS)}")
     for w in s.cfg_scales:
         check_scale(w, "--cfg-scales")
-    return [method for name in s.methods for method in REGISTRY[name].from_grid(s)]
+    methods = [method for name in s.methods for method in REGISTRY[name].from_grid(s)]
+    unique = list(dict.fromkeys(methods))  # frozen dataclasses: equal objects are equal settings
+    if len(unique) < len(methods):
+        warnings.warn(f"{len(methods) - len(unique)} grid cell(s) repeat the settings of another cell: generated once",
+                      DegenerateMethodWarning, stacklevel=2)
+    return unique
 
 
 def method_tag(method: Method) -> str:
@@ -158,7 +164,7 @@ class ImageSettings:
     guidance: float | None = None  # FLUX's distilled guidance embedding; None for SD3
 
 
-def manifest_record(job: Job, settings: ImageSettings, model: str) -> dict:
+def manifest_record(job: Job, settings: ImageSettings, model: str, warning: str | None = None) -> dict:
     params = {
         **job.method.params(),
         "steps": settings.steps,
@@ -175,6 +181,8 @@ def manifest_record(job: Job, settings: ImageSettings, model: str) -> dict:
         record["expected_text"] = list(job.prompt.expected_text)
     if job.prompt.concepts is not None:
         record["concepts"] = list(job.prompt.concepts)
+    if warning:
+        record["warnings"] = [warning]
     return record
 
 
@@ -222,18 +230,25 @@ def run_grid(
     shard_manifest = out / "manifests" / f"shard-{shard[0]:03d}-of-{shard[1]:03d}.jsonl"
     done = {r["image"] for _, r in read_jsonl(shard_manifest)} if shard_manifest.exists() else set()
     bar = tqdm(total=sum(len(g) for g in mine), desc=f"images (shard {shard[0]}/{shard[1]})", disable=not progress)
+    warned: set[str] = set()
     for group in mine:
         generated = False
         for job in group:
             path = out / job.image
+            request = Request(job.prompt.prompt, settings.negative_prompt, job.prompt.concepts or ())
+            warning = job.method.degenerate(settings.steps, job.method.rows(request))
+            if warning and (message := f"{method_label(job.method)}: {warning}") not in warned:
+                warned.add(message)  # once per run and setting; every affected manifest row records it
+                tqdm.write(f"warning: {message}")
             if not path.exists():
                 generated = True
-                request = Request(job.prompt.prompt, settings.negative_prompt, job.prompt.concepts or ())
-                image = sample(adapter, job.method, request, job.seed, settings.steps, settings.height,
-                               settings.width, settings.max_sequence_length)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DegenerateMethodWarning)  # reported above
+                    image = sample(adapter, job.method, request, job.seed, settings.steps, settings.height,
+                                   settings.width, settings.max_sequence_length)
                 atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
             if job.image not in done:
-                append_jsonl(shard_manifest, manifest_record(job, settings, model))
+                append_jsonl(shard_manifest, manifest_record(job, settings, model, warning))
                 done.add(job.image)
             bar.update()
         sheet = out / "contact_sheets" / f"{prompt_slug(group[0].prompt.prompt)}_seed{group[0].seed}.png"

@@ -3,6 +3,7 @@ passes and formula; the pipeline's own encoding, noise, scheduler and VAE are us
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -14,6 +15,10 @@ from .attention import AttentionSink
 from .executor import BlockObserver, Executor
 from .families.base import Adapter, Conditioning
 from .methods.base import Method, Request, Step
+
+
+class DegenerateMethodWarning(UserWarning):
+    """A method whose settings make it equal to another method (an empty step window, a zero scale, ...)."""
 
 
 @dataclass
@@ -108,7 +113,10 @@ def sample(
     """One image for ``request`` from the noise of ``seed`` (the noise diffusers draws for that seed).
     ``output_type="latent"``: the final latents, not decoded (as diffusers' pipelines return them)."""
     check_layers(adapter, method)
-    run = prepare(adapter, method.rows(request), seed, steps, height, width, max_sequence_length)
+    rows = method.rows(request)
+    if reason := method.degenerate(steps, rows):
+        warnings.warn(f"{method.name}: {reason}", DegenerateMethodWarning, stacklevel=2)
+    run = prepare(adapter, rows, seed, steps, height, width, max_sequence_length)
     latents = denoise(adapter, method, run, attention_kwargs=attention_kwargs, progress=progress)
     if output_type == "latent":
         return latents[0]

@@ -180,3 +180,16 @@ def test_end_to_end_with_one_batched_forward_of_n_plus_2(preset):
     assert torch.isfinite(image).all()
     reference = sample(adapter, CFG(7.5), REQUEST, **RUN)
     assert (image - reference).abs().max() > 1e-3
+
+
+def test_degenerate_concepts_are_named():
+    from cslg.methods import ConceptDiffusion
+
+    m = ConceptDiffusion()
+    assert "equals cfg" in m.degenerate(28, {"uncond": "", "cond": "a red book"})
+    assert "equals cfg" in m.degenerate(28, {"uncond": "", "cond": "a red book", "concept0": "a red book"})
+    assert m.degenerate(28, {"uncond": "", "cond": "a red book", "concept0": "a book"}) is None
+    two = {"uncond": "", "cond": "a red book and a gold clock", "concept0": "a red book", "concept1": "a gold clock"}
+    assert m.degenerate(28, two) is None
+    assert "scale 0" in ConceptDiffusion(concept_scale=0.0).degenerate(28, two)
+    assert "holds no step" in ConceptDiffusion(start=0.5, stop=0.51).degenerate(10, two)

@@ -169,3 +169,21 @@ def test_script_errors(tmp_path):
         sd3_script.main([*base, "--methods", "concept", "--concept-scales", "inf"])
     with pytest.raises(SystemExit, match="--shard"):
         sd3_script.main([*base, "--layers", "1", "--shard", "x"])
+
+
+def test_degenerate_cells_warn_once_and_are_recorded(sd3_pipe, tmp_path, capsys):
+    """An empty SLG window (0.01-0.2 of 4 steps) and CFG at w = 1 equal other methods: said once, in every row."""
+    d = adapter_for(sd3_pipe)
+    methods = build_methods(_settings(methods=("none", "cfg", "slg"), cfg_scales=(1.0, 5.0), slg_layers=("1",)))
+    with pytest.warns(UserWarning, match="repeat the settings"):
+        assert build_methods(_settings(methods=("cfg",), cfg_scales=(5.0, 5.0))) == [CFG(5.0)]
+    groups = enumerate_groups(PROMPTS, [0, 1], methods)
+    run_grid(d, groups, ImageSettings(steps=4, height=32, width=32, max_sequence_length=64), tmp_path, "tiny-sd3",
+             progress=False)
+    out = capsys.readouterr().out
+    assert out.count("holds no step of 4") == 1 and out.count("cfg scale 1: equals none") == 1
+    records = [r for _, r in read_jsonl(tmp_path / "manifest.jsonl")]
+    flagged = {(r["method"], r["params"]["cfg_scale"]) for r in records if r.get("warnings")}
+    assert flagged == {("cfg", 1.0), ("slg", 5.0), ("slg", 1.0)}
+    assert all(len(r["warnings"]) == 1 for r in records if r.get("warnings"))
+    assert not [r for r in records if r["method"] == "none" and r.get("warnings")]

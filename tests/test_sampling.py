@@ -8,7 +8,7 @@ import torch
 
 from cslg.executor import Executor, Pass
 from cslg.families import adapter_for
-from cslg.methods import CFG, CSLG, NoGuidance, Request, Step, cfg, in_window, perturbation_term, weighted_mean
+from cslg.methods import CFG, CSLG, SLG, NoGuidance, Request, Step, cfg, in_window, perturbation_term, weighted_mean
 from cslg.sampling import prepare, sample
 from cslg.skip import skip_blocks
 
@@ -39,11 +39,11 @@ def test_sd3_cfg_equals_diffusers(name):
 
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-sd35"])
 @pytest.mark.parametrize("layers,start,stop", [((2,), 0.0, 1.0), ((1, 4), 0.0, 1.0), ((3,), 0.2, 0.7)])
-def test_sd3_cslg_equals_diffusers_slg(name, layers, start, stop):
+def test_sd3_slg_equals_diffusers_slg(name, layers, start, stop):
     pipe = tiny(name)
     ref = _ref(pipe, negative_prompt=NEG, guidance_scale=6.0, skip_guidance_layers=list(layers),
                skip_layer_guidance_scale=2.5, skip_layer_guidance_start=start, skip_layer_guidance_stop=stop)
-    ours = _ours(pipe, CSLG(tuple(map(str, layers)), 2.5, 6.0, start, stop))
+    ours = _ours(pipe, SLG(tuple(map(str, layers)), 2.5, 6.0, start, stop))
     assert np.abs(ref - ours).max() <= TOL
     plain_cfg = _ours(pipe, CFG(6.0))
     assert np.abs(plain_cfg - ours).max() > TOL, "the skip term changed nothing: the test could not fail"
@@ -127,3 +127,41 @@ def test_bad_method_settings():
         CSLG(("1",), 1.0, start=0.5, stop=0.2)
     with pytest.raises(ValueError, match="no layers"):
         CSLG((), 1.0)
+
+
+def test_slg_without_cfg_is_no_guidance_as_diffusers(sd3_pipe):
+    """diffusers applies skip-layer guidance only with CFG (w > 1): below that, no guidance at all."""
+    ref = _ref(sd3_pipe, guidance_scale=0.5, skip_guidance_layers=[2], skip_layer_guidance_scale=2.5,
+               skip_layer_guidance_start=0.0, skip_layer_guidance_stop=1.0)
+    with pytest.warns(UserWarning, match="diffusers applies no guidance"):
+        ours = _ours(sd3_pipe, SLG(("2",), 2.5, 0.5, 0.0, 1.0))
+    assert np.abs(ref - ours).max() <= TOL
+    assert np.abs(ours - _ours(sd3_pipe, NoGuidance())).max() <= TOL
+
+
+def test_windows_and_rounding():
+    from cslg.methods.base import step_window
+
+    assert [in_window(i, 4, 0.0, 1.0) for i in range(4)] == [False, True, True, True]  # diffusers: never step 0
+    assert [step_window(i, 4, 0.0, 1.0) for i in range(4)] == [True, True, True, True]  # cslg "0-1": every step
+    assert step_window(15, 22, 15 / 22, 1.0) and not step_window(14, 22, 15 / 22, 1.0)  # 22 * 15/22 is 15, not 14.99..
+    assert not in_window(15, 22, 15 / 22, 1.0) and in_window(16, 22, 15 / 22, 1.0)
+    assert CSLG(("1",), 1.0).passes(Step(0, 4)).keys() == {"cond", "cond_perturbed0"}
+    assert SLG(("1",), 1.0, 5.0).passes(Step(0, 4)).keys() == {"uncond", "cond"}
+
+
+@pytest.mark.parametrize("method,steps,rows,reason", [
+    (SLG(cfg_scale=7.0), 4, {}, "window 0.01-0.2 holds no step of 4: equals cfg"),
+    (SLG(cfg_scale=1.0), 28, {}, "no guidance at all"),
+    (CSLG(("1",), 0.0, 4.0), 28, {}, "scale 0: equals cfg"),
+    (CSLG(("1",), 1.0, start=0.5, stop=0.5), 28, {}, "holds no step"),
+    (CFG(1.0), 28, {}, "equals none"),
+])
+def test_degenerate_settings_are_named(method, steps, rows, reason):
+    assert reason in method.degenerate(steps, rows)
+
+
+def test_sensible_settings_are_not_degenerate():
+    assert SLG(cfg_scale=7.0).degenerate(28, {}) is None
+    assert CSLG(("1",), 1.0).degenerate(4, {}) is None
+    assert CFG(4.0).degenerate(4, {}) is None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..executor import Pass
-from .base import Method, check_scale, check_window, guider_window
+from .base import Method, Step, check_scale, check_window, guider_window
 
 
 def apg(u: torch.Tensor, c: torch.Tensor, w: float, eta: float, norm_threshold: float,
@@ -48,6 +48,11 @@ class APG(Method):
 
     def active(self, step) -> bool:
         return self.cfg_scale != 1.0 and guider_window(step.index, step.num_steps, self.start, self.stop)
+
+    def degenerate(self, num_steps, rows):
+        if not any(self.active(Step(i, num_steps)) for i in range(num_steps)):
+            return f"cfg scale {self.cfg_scale} or the step window {self.start}-{self.stop} leaves no APG step: equals none"
+        return None
 
     def rows(self, request):
         return {"uncond": request.negative_prompt, "cond": request.prompt}

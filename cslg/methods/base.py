@@ -42,9 +42,19 @@ def weighted_mean(predictions: Sequence[torch.Tensor], weights: Sequence[float])
     return sum(a * x for a, x in zip(weights, predictions)) / total
 
 
+def _at(num_steps: int, fraction: float) -> float:
+    """``N * fraction``, rounded so that e.g. ``22 * (15/22)`` is 15, not 14.999999999999998."""
+    return round(num_steps * fraction, 9)
+
+
 def in_window(step: int, num_steps: int, start: float, stop: float) -> bool:
-    """diffusers' SD3 window for skip-layer guidance: ``N*start < step < N*stop`` (strict)."""
-    return num_steps * start < step < num_steps * stop
+    """diffusers' SD3 window for skip-layer guidance: ``N*start < step < N*stop`` (strict: never step 0)."""
+    return _at(num_steps, start) < step < _at(num_steps, stop)
+
+
+def step_window(step: int, num_steps: int, start: float, stop: float) -> bool:
+    """The toolkit's window: ``N*start <= step < N*stop`` (``0, 1``: every step)."""
+    return _at(num_steps, start) <= step < _at(num_steps, stop)
 
 
 def guider_window(step: int, num_steps: int, start: float, stop: float) -> bool:
@@ -125,6 +135,11 @@ class Method:
     def combine(self, preds: Mapping[str, torch.Tensor], step: Step) -> torch.Tensor:
         """One prediction from the passes' predictions (by name)."""
         raise NotImplementedError
+
+    def degenerate(self, num_steps: int, rows: Mapping[str, str]) -> str | None:
+        """Why these settings make the method equal to another one for ``num_steps`` steps and these conditioning
+        rows (an empty step window, a zero scale, no concepts ...), or ``None``. Warned about and recorded."""
+        return None
 
     def referenced_layers(self) -> tuple[str, ...]:
         """Every layer name the method refers to (validated against the model before the first step)."""

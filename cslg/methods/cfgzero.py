@@ -32,6 +32,11 @@ class CFGZeroStar(Method):
         if self.zero_init_steps < 0:
             raise ValueError(f"cfgzero: zero_init_steps must be >= 0, got {self.zero_init_steps}")
 
+    def degenerate(self, num_steps, rows):
+        if self.cfg_scale == 1 and self.zero_init_steps == 0:
+            return "cfg scale 1 and no zero-init step: equals none"
+        return None
+
     def rows(self, request):
         return {"uncond": request.negative_prompt, "cond": request.prompt}
 

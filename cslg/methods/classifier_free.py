@@ -44,6 +44,9 @@ class CFG(Method):
     def combine(self, preds, step):
         return cfg(preds["uncond"], preds["cond"], self.scale)
 
+    def degenerate(self, num_steps, rows):
+        return "cfg scale 1: equals none" if self.scale == 1 else None
+
     def params(self):
         return {"cfg_scale": self.scale}
 

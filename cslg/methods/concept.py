@@ -91,7 +91,7 @@ def concept_terms(
 
 def concept_window(step: int, num_steps: int, start: float, stop: float) -> bool:
     """The reference's window ``warm-up <= step <= cool-down`` with both ends as fractions of the steps."""
-    return num_steps * start <= step <= num_steps * stop
+    return round(num_steps * start, 9) <= step <= round(num_steps * stop, 9)
 
 
 # Concepts from a prompt ---------------------------------------------------------------------------------
@@ -181,6 +181,16 @@ class ConceptDiffusion(Method):
         if not concept_window(step.index, step.num_steps, self.start, self.stop):
             return passes
         return passes | {name: Pass(name) for name in step.rows if name.startswith("concept")}
+
+    def degenerate(self, num_steps, rows):
+        concepts = [text for name, text in rows.items() if name.startswith("concept")]
+        if all(text == rows["cond"] for text in concepts):  # none, or only the prompt itself: every term is 0
+            return f"{len(concepts)} concept(s) besides the prompt itself: the concept terms vanish, equals cfg"
+        if self.concept_scale == 0:
+            return "concept scale 0: equals cfg"
+        if not any(concept_window(i, num_steps, self.start, self.stop) for i in range(num_steps)):
+            return f"the step window {self.start}-{self.stop} holds no step of {num_steps}: equals cfg"
+        return None
 
     def combine(self, preds, step):
         concepts = [preds[name] for name in preds if name.startswith("concept")]

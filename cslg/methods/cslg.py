@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..executor import SKIP, Pass
-from .base import Method, canonical_layers, cfg, check_scale, check_window, in_window, layer_sets, perturbation_term, weighted_mean
+from .base import Method, Step, canonical_layers, cfg, check_scale, check_window, in_window, layer_sets, step_window, perturbation_term, weighted_mean
 
 # diffusers' StableDiffusion3Pipeline defaults for skip-layer guidance (SD3.5-medium recipe).
 SLG_LAYERS = ("7", "8", "9")
@@ -17,8 +17,7 @@ SLG_STOP = 0.2
 
 @dataclass(frozen=True)
 class CSLG(Method):
-    """``v = u + w (c - u) + s (c - c_skip)`` inside the step window ``N*start < i < N*stop``, CFG (or ``c``)
-    outside; ``c_skip`` is the conditional pass with ``layers`` skipped (identities, not computed).
+    """``v = u + w (c - u) + s (c - c_skip)`` at steps ``N*start <= i < N*stop``, CFG (or ``c``) outside; ``c_skip`` is the conditional pass with ``layers`` skipped (identities, not computed).
 
     With ``weights`` each layer gets its own skip pass and ``c_skip = Σ a_k c_skip(k) / Σ a_k`` (upstream
     "MSG"). ``cfg_scale = 1`` drops the unconditional pass: ``v = c + s (c - c_skip)``; upstream FLUX wrote
@@ -63,8 +62,15 @@ class CSLG(Method):
         return {"uncond": request.negative_prompt, **rows} if self.use_cfg else rows
 
     def active(self, step) -> bool:
-        """diffusers' SLG window: ``N*start < i < N*stop`` (strict)."""
-        return in_window(step.index, step.num_steps, self.start, self.stop)
+        return step_window(step.index, step.num_steps, self.start, self.stop)
+
+    def degenerate(self, num_steps, rows):
+        base = "cfg" if self.use_cfg else "none"
+        if self.scale == 0:
+            return f"scale 0: equals {base}"
+        if not any(self.active(Step(i, num_steps)) for i in range(num_steps)):
+            return f"the step window {self.start}-{self.stop} holds no step of {num_steps}: equals {base}"
+        return None
 
     def passes(self, step):
         base = {"uncond": Pass("uncond"), "cond": Pass("cond")} if self.use_cfg else {"cond": Pass("cond")}
@@ -107,7 +113,8 @@ class CSLG(Method):
 @dataclass(frozen=True)
 class SLG(CSLG):
     """diffusers' skip-layer guidance for SD3 (``skip_guidance_layers``): CSLG with its default layers 7, 8, 9,
-    scale 2.8 and window 0.01-0.2."""
+    scale 2.8 and window 0.01-0.2, applied as diffusers does: in the strict window ``N*start < i < N*stop`` and
+    only with ``w > 1`` (else no guidance at all: ``v = c``)."""
 
     layers: tuple[str, ...] = SLG_LAYERS
     scale: float = SLG_SCALE
@@ -115,6 +122,19 @@ class SLG(CSLG):
     start: float = SLG_START
     stop: float = SLG_STOP
     name = "slg"
+
+    @property
+    def use_cfg(self) -> bool:
+        return self.cfg_scale > 1  # as diffusers' do_classifier_free_guidance
+
+    def active(self, step) -> bool:
+        """diffusers: only with CFG (``w > 1``), in the strict window ``N*start < i < N*stop``."""
+        return self.cfg_scale > 1 and in_window(step.index, step.num_steps, self.start, self.stop)
+
+    def degenerate(self, num_steps, rows):
+        if self.cfg_scale <= 1:
+            return f"cfg scale {self.cfg_scale} <= 1: diffusers applies no guidance at all, equals none"
+        return super().degenerate(num_steps, rows)
 
     @classmethod
     def from_grid(cls, s):

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..executor import IDENTITY_ATTENTION
-from .base import check_scale, guider_window
+from .base import check_scale
 from .cslg import CSLG
 
 
@@ -23,9 +23,6 @@ class PAG(CSLG):
     name = "pag"
     perturbation: ClassVar[str] = IDENTITY_ATTENTION
     scale_key: ClassVar[str] = "pag_scale"
-
-    def active(self, step) -> bool:
-        return guider_window(step.index, step.num_steps, self.start, self.stop)
 
     @classmethod
     def from_grid(cls, s):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..executor import Pass
-from .base import Method, canonical_layers, cfg, check_window, guider_window
+from .base import Method, Step, canonical_layers, cfg, check_window, step_window
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,21 @@ class SkippedNegativeSLG(Method):
         return {"uncond": request.negative_prompt, "cond": request.prompt}
 
     def passes(self, step):
-        skip = self.layers if guider_window(step.index, step.num_steps, self.start, self.stop) else ()
+        skip = self.layers if self.active(step) else ()
         return {"uncond": Pass.of("uncond", skip=skip), "cond": Pass("cond")}
+
+    def active(self, step) -> bool:
+        return step_window(step.index, step.num_steps, self.start, self.stop)
 
     def combine(self, preds, step):
         return cfg(preds["uncond"], preds["cond"], self.cfg_scale)
+
+    def degenerate(self, num_steps, rows):
+        if self.cfg_scale == 1:
+            return "cfg scale 1: the skipped negative pass has no weight, equals none"
+        if not any(self.active(Step(i, num_steps)) for i in range(num_steps)):
+            return f"the step window {self.start}-{self.stop} holds no step of {num_steps}: equals cfg"
+        return None
 
     def params(self):
         return {"cfg_scale": self.cfg_scale, "layers": list(self.layers), "start": self.start, "stop": self.stop}
