@@ -9,7 +9,10 @@ which can
   stay visible in joint attention, as diffusers' ``PAGJointAttnProcessor2_0`` masks it; a self-attention
   then returns its values, as ``PAGIdentitySelfAttnProcessor2_0``);
 - record: head-averaged probabilities of the image queries, image->text ("cross") and image->image
-  ("self"), each row renormalised, in chunks of queries so the full matrix never exists at once.
+  ("self"), each row renormalised, in chunks of queries so the full matrix never exists at once. A sink
+  with ``per_head`` renormalises each head's rows before the heads are averaged (as a UNet's separate
+  cross- and self-attention softmaxes do, S-CFG's reference code); one with ``per_layer`` also keeps
+  each block's maps.
 
 The block's output is exactly what its own processor returns when nothing is perturbed. Only the native
 SDPA path is routed; a processor that computes attention otherwise is caught (the handler saw no call).
@@ -73,10 +76,27 @@ class AttentionMaps:
 
     ``cross``: ``[N, T]`` image->text, each row renormalised over the text keys.
     ``self_attn``: ``[N, N]`` image->image, each row renormalised over the image keys.
+    ``cross_layers``, ``self_layers``: ``[n_blocks, N, T]`` and ``[n_blocks, N, N]``, the maps of each block
+    (in call order) before the average, where the sink keeps them (``per_layer``); else ``None``.
     """
 
     cross: torch.Tensor
     self_attn: torch.Tensor
+    cross_layers: torch.Tensor | None = None
+    self_layers: torch.Tensor | None = None
+
+
+def head_probs(q: torch.Tensor, k: torch.Tensor, scale: float | None = None,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``softmax(q kᵀ · scale + mask)`` of every head in float32: ``q [b, H, n, d]``, ``k [b, H, L, d]`` -> ``[b, H, n, L]``.
+
+    ``scale`` defaults to ``1/√d``, as ``scaled_dot_product_attention``.
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))
+    if mask is not None:
+        logits = logits + mask
+    return logits.softmax(dim=-1)
 
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float | None = None,
@@ -85,11 +105,7 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float | None = None
 
     ``scale`` defaults to ``1/√d``, as ``scaled_dot_product_attention``.
     """
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    logits = torch.matmul(q.float() * scale, k.float().transpose(-1, -2))
-    if mask is not None:
-        logits = logits + mask
-    return logits.softmax(dim=-1).mean(dim=1)
+    return head_probs(q, k, scale, mask).mean(dim=1)
 
 
 def split_roles(probs: torch.Tensor, text: slice, image: slice) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,15 +126,25 @@ def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | N
 
 @dataclass
 class AttentionSink:
-    """Sums the recorded maps of each pass over the blocks of one step; ``take`` returns their means."""
+    """Sums the recorded maps of each pass over the blocks of one step; ``take`` returns their means.
+
+    ``per_head``: the handlers renormalise each head's image->text and image->image rows before averaging the
+    heads (default: they average the heads' full rows, then renormalise). ``per_layer``: ``take`` also returns
+    each block's maps (``AttentionMaps.cross_layers``, ``self_layers``).
+    """
 
     sums: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    per_head: bool = False
+    per_layer: bool = False
+    layers: dict[str, dict[str, list[torch.Tensor]]] = field(default_factory=dict)
 
     def add(self, name: str, role: str, maps: torch.Tensor) -> None:
         sums, counts = self.sums.setdefault(name, {}), self.counts.setdefault(name, {})
         sums[role] = sums[role] + maps if role in sums else maps
         counts[role] = counts.get(role, 0) + 1
+        if self.per_layer:
+            self.layers.setdefault(name, {}).setdefault(role, []).append(maps)
 
     def take(self) -> dict[str, AttentionMaps]:
         """The block-averaged maps of every recorded pass since the last ``take``; clears."""
@@ -127,7 +153,13 @@ class AttentionSink:
             if set(sums) != {"cross", "self"}:
                 raise RuntimeError(f"pass {name!r}: the recorded blocks gave {sorted(sums)} maps, need cross and self")
             out[name] = AttentionMaps(*(sums[r] / self.counts[name][r] for r in ("cross", "self")))
-        self.sums, self.counts = {}, {}
+            if self.per_layer:
+                layers = self.layers[name]
+                if len(layers["cross"]) != len(layers["self"]):
+                    raise RuntimeError(f"pass {name!r}: {len(layers['cross'])} cross and {len(layers['self'])} self "
+                                       "maps: per-layer maps need one of each per block")
+                out[name].cross_layers, out[name].self_layers = (torch.stack(layers[r]) for r in ("cross", "self"))
+        self.sums, self.counts, self.layers = {}, {}, {}
         return out
 
 
@@ -190,17 +222,19 @@ class SDPAHandler:
         budget = CHUNK_ELEMENTS if k.device.type == "cpu" else CHUNK_ELEMENTS_GPU
         n = q.shape[-2]
         step = max(1, budget // (k.shape[0] * k.shape[1] * length))
-        probs = torch.cat([
-            attention_probs(q[:, :, i : i + step], k, scale,
-                            None if mask is None else (mask if mask.shape[-2] == 1 else mask[..., i : i + step, :]))
-            for i in range(0, n, step)
-        ], dim=1)
+        chunks = [(q[:, :, i : i + step], None if mask is None else (mask if mask.shape[-2] == 1 else mask[..., i : i + step, :]))
+                  for i in range(0, n, step)]
         if self.layout.role == "joint":
             image_keys = self.image_slice(length)
             text_keys = slice(0, length - self.n_image) if self.layout.text_first else slice(self.n_image, length)
-            parts = dict(zip(("cross", "self"), split_roles(probs, text_keys, image_keys)))
+            split = lambda p: dict(zip(("cross", "self"), split_roles(p, text_keys, image_keys)))  # noqa: E731
         else:
-            parts = {self.layout.role: renormalise(probs)}
+            split = lambda p: {self.layout.role: renormalise(p)}  # noqa: E731
+        if self.sink is not None and self.sink.per_head:  # renormalise each head's rows, then average the heads
+            pieces = [{role: x.mean(dim=1) for role, x in split(head_probs(qc, k, scale, mc)).items()} for qc, mc in chunks]
+            parts = {role: torch.cat([p[role] for p in pieces], dim=1) for role in pieces[0]}
+        else:
+            parts = split(torch.cat([attention_probs(qc, k, scale, mc) for qc, mc in chunks], dim=1))
         for j, (_, name) in enumerate(self.record):
             for role, maps in parts.items():
                 self.sink.add(name, role, maps[j])

@@ -9,6 +9,7 @@ family or on tensor shapes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Sequence
 
@@ -125,6 +126,34 @@ class LatentLayout:
             return token_map.reshape(token_map.shape[0], -1, 1)
         p = self.patch
         return token_map.repeat_interleave(p, dim=-2).repeat_interleave(p, dim=-1)[:, None]
+
+    @property
+    def pixels_per_token(self) -> int:
+        """Latent pixels along each side of a token: ``patch``, or 2 for packed 2x2 patches."""
+        return self.patch if self.packed is None else math.isqrt(self.packed)
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """A prediction ``[B, ...]`` as latent pixels ``[B, C, h*f, w*f]`` (``f = pixels_per_token``; packed
+        latents are unpacked as diffusers' ``_unpack_latents`` does)."""
+        if self.packed is None:
+            return x
+        f = self.pixels_per_token
+        return x.reshape(x.shape[0], self.h, self.w, -1, f, f).permute(0, 3, 1, 4, 2, 5).reshape(
+            x.shape[0], -1, self.h * f, self.w * f)
+
+    def from_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent pixels ``[B, C, h*f, w*f]`` in the prediction's layout (the inverse of ``to_pixels``)."""
+        if self.packed is None:
+            return x
+        f = self.pixels_per_token
+        return x.reshape(x.shape[0], -1, self.h, f, self.w, f).permute(0, 2, 4, 1, 3, 5).reshape(
+            x.shape[0], self.h * self.w, -1)
+
+    def upsample(self, token_map: torch.Tensor) -> torch.Tensor:
+        """A token map ``[..., h, w]`` on the latent pixels ``[..., h*f, w*f]`` (nearest: each token's value on
+        each of its pixels)."""
+        f = self.pixels_per_token
+        return token_map.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1)
 
     def channel_view(self, x: torch.Tensor) -> torch.Tensor:
         """``[C, M]``: the values of each latent channel of one prediction ``[1, ...]``."""
