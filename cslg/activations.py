@@ -1,6 +1,7 @@
 """Capture files (step 1 -> 2): safetensors with JSON-encoded metadata, never pickle.
 
-Tensors: ``cosine`` [pairs, steps, layers] (float32) and, when raw activations were saved,
+Tensors: ``cosine`` [pairs, steps, layers] (float32), ``input_cosine`` [pairs, steps] (the image tokens entering
+the first block) and, when raw activations were saved,
 ``activations.<layer>`` [pairs, saved_steps, 2, image_tokens, dim] with ``activation_steps`` [saved_steps].
 """
 
@@ -29,6 +30,7 @@ class Capture:
     metadata: dict
     activations: dict[str, torch.Tensor] = field(default_factory=dict)
     activation_steps: torch.Tensor | None = None
+    input_cosine: torch.Tensor | None = None  # [pairs, steps]: the image tokens entering the first block
 
     @property
     def layer_names(self) -> list[str]:
@@ -76,4 +78,5 @@ def load_capture(path: str | os.PathLike) -> Capture:
         metadata=meta,
         activations={k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
         activation_steps=tensors.get("activation_steps"),
+        input_cosine=tensors.get("input_cosine"),
     )

@@ -22,32 +22,42 @@ from .activations import Capture
 from .io import atomic_write_json
 
 METRICS = ("difference", "relative")
+# s_{-1}: the similarity of the blocks' input (default: without it, every drift of the two trajectories is charged
+# to the first block) or 1 (the paper).
+BASELINES = ("input", "one")
 
 
-def first_difference(cosine: torch.Tensor) -> torch.Tensor:
-    """``d_l = s_l - s_{l-1}`` along the last (layer) axis, with ``s_{-1} = 1``."""
-    prev = torch.cat([torch.ones_like(cosine[..., :1]), cosine[..., :-1]], dim=-1)
-    return cosine - prev
+def _previous(cosine: torch.Tensor, baseline: torch.Tensor | None) -> torch.Tensor:
+    """``s_{l-1}`` for every layer: the baseline ``s_{-1}`` (``cosine[..., 0]``-shaped; ``None``: 1), then the layers."""
+    first = torch.ones_like(cosine[..., :1]) if baseline is None else baseline[..., None].to(cosine.dtype)
+    return torch.cat([first, cosine[..., :-1]], dim=-1)
 
 
-def relative_change(cosine: torch.Tensor) -> torch.Tensor:
-    """``r_l = (s_l - s_{l-1}) / s_{l-1}`` along the last (layer) axis, with ``s_{-1} = 1``."""
-    prev = torch.cat([torch.ones_like(cosine[..., :1]), cosine[..., :-1]], dim=-1)
+def first_difference(cosine: torch.Tensor, baseline: torch.Tensor | None = None) -> torch.Tensor:
+    """``d_l = s_l - s_{l-1}`` along the last (layer) axis; ``s_{-1}`` is ``baseline`` (default 1)."""
+    return cosine - _previous(cosine, baseline)
+
+
+def relative_change(cosine: torch.Tensor, baseline: torch.Tensor | None = None) -> torch.Tensor:
+    """``r_l = (s_l - s_{l-1}) / s_{l-1}`` along the last (layer) axis; ``s_{-1}`` is ``baseline`` (default 1)."""
+    prev = _previous(cosine, baseline)
     return (cosine - prev) / prev
 
 
-def layer_change(cosine: torch.Tensor, metric: str = "difference") -> torch.Tensor:
-    """Per-layer change of ``cosine`` ([..., layers]) under ``metric``."""
+def layer_change(cosine: torch.Tensor, metric: str = "difference", baseline: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-layer change of ``cosine`` ([..., layers]) under ``metric``, from ``baseline`` (``cosine[..., 0]``-shaped)."""
     if metric == "difference":
-        return first_difference(cosine)
+        return first_difference(cosine, baseline)
     if metric == "relative":
-        return relative_change(cosine)
+        return relative_change(cosine, baseline)
     raise ValueError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
 
 
-def per_pair_scores(cosine: torch.Tensor, metric: str = "difference", step: int | None = None) -> torch.Tensor:
-    """[pairs, layers]: the change at ``step`` (negative counts from the end), or averaged over all steps."""
-    change = layer_change(cosine.double(), metric)  # [pairs, steps, layers]
+def per_pair_scores(cosine: torch.Tensor, metric: str = "difference", step: int | None = None,
+                    baseline: torch.Tensor | None = None) -> torch.Tensor:
+    """[pairs, layers]: the change at ``step`` (negative counts from the end), or averaged over all steps;
+    ``baseline`` [pairs, steps]: the similarity before the first block (default 1)."""
+    change = layer_change(cosine.double(), metric, None if baseline is None else baseline.double())
     if step is None:
         return change.mean(dim=1)
     steps = cosine.shape[1]
@@ -96,29 +106,44 @@ def merge_captures(captures: list[Capture]) -> torch.Tensor:
     return torch.cat([cap.cosine for cap in captures], dim=0)
 
 
+def merge_baselines(captures: list[Capture], baseline: str) -> torch.Tensor | None:
+    """``s_{-1}`` [pairs, steps] of ``captures``: ``"input"``, the similarity of the image tokens entering the first
+    block; ``"one"``, 1 (``None``), as the paper."""
+    if baseline not in BASELINES:
+        raise ValueError(f"--baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+    if baseline == "one":
+        return None
+    for cap in captures:
+        if cap.input_cosine is None:
+            raise ValueError(f"{cap.path}: no input similarity (captured by an older version): use --baseline one")
+    return torch.cat([cap.input_cosine for cap in captures], dim=0)
+
+
 YLABELS = {"difference": "change in cosine similarity", "relative": "relative change in cosine similarity"}
 
 
 def analyse(captures: list[Capture], out: str | Path, metric: str = "difference", step: int | None = None,
-            top_k: int = 3, title: str | None = None, dpi: int = 300, ylim: float | None = None) -> dict:
+            top_k: int = 3, title: str | None = None, dpi: int = 300, ylim: float | None = None,
+            baseline: str = "input") -> dict:
     """Rank the layers of ``captures`` (one model) and write ``out/layers.json``, the per-layer figure and the
     layers x steps heatmap. Returns the ``layers.json`` content (its path under ``"path"``)."""
     from .plots import plot_layer_change, plot_step_heatmap
 
     cosine = merge_captures(captures)
+    base = merge_baselines(captures, baseline)
     first = captures[0]
     names, groups = first.layer_names, first.metadata.get("block_groups", ())
     model = title or first.model.rstrip("/").split("/")[-1]
-    scores = per_pair_scores(cosine, metric, step)
+    scores = per_pair_scores(cosine, metric, step, base)
     ranking = rank_layers(scores, names)
     out = Path(out)
-    when = "mean over steps" if step is None else f"step {step}"
+    when = ("mean over steps" if step is None else f"step {step}") + f", baseline {baseline}"
     figure = plot_layer_change(
         scores, names, f"{model}: {YLABELS[metric].capitalize()} per Layer ({when})",
         YLABELS[metric], out / f"{model}_{metric}_per_layer.png", dpi, ylim, groups,
     )
     heatmap = plot_step_heatmap(
-        layer_change(cosine.double(), metric).mean(0), names,
+        layer_change(cosine.double(), metric, None if base is None else base.double()).mean(0), names,
         f"{model}: {YLABELS[metric]} per layer and step", out / f"{model}_{metric}_heatmap.png", groups=groups,
     )
     k = min(top_k, len(names))
@@ -128,6 +153,7 @@ def analyse(captures: list[Capture], out: str | Path, metric: str = "difference"
         "captures": [str(c.path) for c in captures],
         "pairs": int(cosine.shape[0]),
         "metric": metric,
+        "baseline": baseline,
         "step": "all" if step is None else step,
         "top_k": k,
         "suggested": ranking.top(k),

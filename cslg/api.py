@@ -68,6 +68,7 @@ def find_layers(
     max_sequence_length: int | None = None,
     trajectory: str = "independent",
     metric: str = "difference",
+    baseline: str = "input",
     step: int | None = None,
     top_k: int = 3,
     out: str | Path | None = None,
@@ -87,7 +88,7 @@ def find_layers(
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out) if out is not None else Path(tmp)
         capture = run_capture(adapter, pairs, config, folder / "capture.safetensors", progress=True)
-        result = analyse([load_capture(capture)], folder, metric, step, top_k)
+        result = analyse([load_capture(capture)], folder, metric, step, top_k, baseline=baseline)
     if out is None:  # the temporary folder is gone: no paths into it
         result = {k: v for k, v in result.items() if k not in ("path", "figures", "captures")}
     return result

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .activations import save_capture
-from .executor import Pass
+from .executor import INPUT, Pass
 from .families.base import Adapter
 from .io import atomic_write, atomic_write_json
 from .methods.base import Method, cfg
@@ -30,6 +30,7 @@ from .prompts import PromptPair
 from .sampling import denoise, prepare
 
 TRAJECTORIES = ("independent", "shared")
+PART_FORMAT = 2  # per-pair files hold input_cosine since format 2
 
 
 @dataclass(frozen=True)
@@ -83,18 +84,24 @@ class PairTrajectory(Method):
 
 
 class CosineRecorder:
-    """Block observer: ``cosine[step, layer]`` between the image tokens of passes ``a`` and ``b``."""
+    """Block observer: ``cosine[step, layer]`` between the image tokens of passes ``a`` and ``b`` after each block,
+    and ``input_cosine[step]`` before the first block."""
 
     def __init__(self, layer_names: list[str], steps: int, device, save_layers=(), save_steps=()):
         self.index = {name: i for i, name in enumerate(layer_names)}
         self.cosine = torch.full((steps, len(layer_names)), float("nan"), device=device)
+        self.input_cosine = torch.full((steps,), float("nan"), device=device)
         self.save_layers, self.save_steps = set(save_layers), list(save_steps)
         self.saved: dict[str, list[torch.Tensor]] = {name: [] for name in save_layers}
 
     def at_step(self, step: int):
         def observe(layer: str, streams, lanes) -> None:
             x = streams.image[[lanes["a"], lanes["b"]]]
-            self.cosine[step, self.index[layer]] = F.cosine_similarity(x[0].float().flatten(), x[1].float().flatten(), dim=0)
+            similarity = F.cosine_similarity(x[0].float().flatten(), x[1].float().flatten(), dim=0)
+            if layer == INPUT:
+                self.input_cosine[step] = similarity
+                return
+            self.cosine[step, self.index[layer]] = similarity
             if layer in self.save_layers and step in self.save_steps:
                 self.saved[layer].append(x.detach().to("cpu", torch.float32))
 
@@ -110,7 +117,8 @@ def capture_pair(adapter: Adapter, pair: PromptPair, config: CaptureConfig) -> d
     latents = noise.repeat(2, *[1] * (noise.ndim - 1)) if config.trajectory == "independent" else noise
     recorder = CosineRecorder(adapter.layer_names, config.steps, adapter.device, config.save_layers, config.save_steps)
     denoise(adapter, method, run, latents, observe=recorder.at_step)
-    out = {"cosine": recorder.cosine.cpu(), "timesteps": run.timesteps.float().cpu()}
+    out = {"cosine": recorder.cosine.cpu(), "input_cosine": recorder.input_cosine.cpu(),
+           "timesteps": run.timesteps.float().cpu()}
     for name, tensors in recorder.saved.items():
         out[f"activations.{name}"] = torch.stack(tensors)
     return out
@@ -118,7 +126,7 @@ def capture_pair(adapter: Adapter, pair: PromptPair, config: CaptureConfig) -> d
 
 def _config_hash(config: CaptureConfig, pairs: Sequence[PromptPair]) -> str:
     """Identity of a capture run: its settings and the prompt texts (a partial run resumes only under both)."""
-    key = [asdict(config), [[p.negative, p.positive] for p in pairs]]
+    key = [asdict(config), [[p.negative, p.positive] for p in pairs], PART_FORMAT]
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 

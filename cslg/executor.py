@@ -26,6 +26,7 @@ from .families.base import Adapter, Conditioning, Streams
 SKIP = "skip"
 IDENTITY_ATTENTION = "identity_attention"
 PERTURBATIONS = (SKIP, IDENTITY_ATTENTION)
+INPUT = "input"  # what a block observer is called with for the streams entering the first block
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class Executor:
         """The prediction of every pass, by name, for ``latents`` ``[B, ...]`` at timestep ``t``.
 
         ``rows``: the names of ``cond``'s rows. ``record``: ``(layers, pass names, sink)`` whose image-query
-        attention is recorded. ``observe(layer, streams, lane of each pass)`` runs after every block.
+        attention is recorded. ``observe(layer, streams, lane of each pass)`` runs before the first block (``layer = INPUT``) and after every block.
         """
         a = self.adapter
         hooked = {layer for p in passes.values() for layer, kind in p.perturb if kind == IDENTITY_ATTENTION}
@@ -124,6 +125,8 @@ class Executor:
             dict(extras), attention_kwargs,
         )
         n_image = streams.image.shape[1]
+        if observe is not None:
+            observe(INPUT, streams, lane_of)
         for layer, block, convention in a.blocks:
             origin = _split(lane_of, passes, layer, streams.image.shape[0])
             if len(origin) > streams.image.shape[0]:

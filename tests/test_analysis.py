@@ -39,10 +39,35 @@ def test_ranking_puts_largest_drop_first():
     assert r.as_rows()[0] == {"rank": 1, "layer": "1", "score": pytest.approx(-0.2), "std": pytest.approx(0.1414, abs=1e-3)}
 
 
-def _capture(path, cosine, names, **meta):
-    save_capture(path, {"cosine": cosine}, {"model": "org/Tiny-Model", "family": "flux", "layer_names": names,
-                                             "steps": cosine.shape[1], **meta})
+def _capture(path, cosine, names, input_cosine=True, **meta):
+    tensors = {"cosine": cosine}
+    if input_cosine is True:
+        tensors["input_cosine"] = torch.ones(cosine.shape[:2])
+    elif input_cosine is not None:
+        tensors["input_cosine"] = input_cosine
+    save_capture(path, tensors, {"model": "org/Tiny-Model", "family": "flux", "layer_names": names,
+                                 "steps": cosine.shape[1], **meta})
     return path
+
+
+def test_input_baseline_by_hand(tmp_path):
+    """s_{-1} = the input similarity: a drift already present before block 0 is not charged to block 0."""
+    cos = torch.tensor([[[0.7, 0.69, 0.4]]])  # one pair, one step: the inputs already differ (0.7)
+    base = torch.tensor([[0.7]])
+    torch.testing.assert_close(first_difference(cos, base), torch.tensor([[[0.0, -0.01, -0.29]]]))
+    torch.testing.assert_close(first_difference(cos), torch.tensor([[[-0.3, -0.01, -0.29]]]))
+    torch.testing.assert_close(relative_change(cos, base), torch.tensor([[[0.0, -0.01 / 0.7, -0.29 / 0.69]]]))
+    names = ["0", "1", "2"]
+    path = _capture(tmp_path / "c.safetensors", torch.tensor([[[0.7, 0.69, 0.6]]]), names, input_cosine=base)
+    ranked = {}
+    for baseline in ("input", "one"):
+        visualize.main([str(path), "--out", str(tmp_path / baseline), "--top-k", "1", "--baseline", baseline, "--dpi", "50"])
+        ranked[baseline] = json.loads((tmp_path / baseline / "layers.json").read_text())
+    assert ranked["input"]["suggested"] == ["2"] and ranked["input"]["baseline"] == "input"
+    assert ranked["one"]["suggested"] == ["0"]  # the paper's baseline charges the input drift to block 0
+    old = _capture(tmp_path / "old.safetensors", torch.ones(1, 1, 3), names, input_cosine=None)
+    with pytest.raises(SystemExit, match="no input similarity .*--baseline one"):
+        visualize.main([str(old), "--out", str(tmp_path / "x")])
 
 
 def test_visualize_writes_ranking_and_figures(tmp_path):
@@ -64,11 +89,11 @@ def test_visualize_writes_ranking_and_figures(tmp_path):
 def test_visualize_errors(tmp_path):
     a = _capture(tmp_path / "a.safetensors", torch.ones(1, 2, 3), ["0", "1", "2"])
     b = _capture(tmp_path / "b.safetensors", torch.ones(1, 2, 2), ["0", "1"])
-    with pytest.raises(ValueError, match="layer_names"):
+    with pytest.raises(SystemExit, match="^error: .*b.safetensors: layer_names"):  # one line naming the file
         visualize.main([str(a), str(b), "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         visualize.main([str(a), "--step", "last"])
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(SystemExit, match="^error: capture file not found: .*missing.safetensors"):
         visualize.main([str(tmp_path / "missing.safetensors")])
 
 
@@ -93,4 +118,4 @@ def test_analyse_marks_block_groups_and_cslg_analyse_command(tmp_path, monkeypat
     data = json.loads(Path(layers_json).read_text())
     assert data["metric"] == "relative" and data["step"] == -1 and data["suggested"] == ["s1", "0"]
     assert data["ranking"][0]["score"] == pytest.approx(-0.3)
-    assert "top-2 layers (relative, step -1): s1, 0" in capsys.readouterr().out
+    assert "top-2 layers (relative, step -1, baseline input): s1, 0" in capsys.readouterr().out
