@@ -94,14 +94,16 @@ def rank_layers(scores: torch.Tensor, layer_names: list[str]) -> Ranking:
 
 
 def merge_captures(captures: list[Capture]) -> torch.Tensor:
-    """Concatenate the ``cosine`` tensors of several captures of the same model along pairs."""
+    """Concatenate the ``cosine`` tensors of several captures of the same model and measurement along pairs."""
     first = captures[0]
+    defaults = {"site": "block", "rows": "cond"}
     for cap in captures[1:]:
-        for key in ("layer_names", "steps"):
-            if cap.metadata[key] != first.metadata[key]:
+        for key in ("family", "model", "layer_names", "steps", "site", "rows"):
+            theirs, ours = cap.metadata.get(key, defaults.get(key)), first.metadata.get(key, defaults.get(key))
+            if theirs != ours:
                 raise ValueError(
-                    f"{cap.path}: {key} {cap.metadata[key]} differs from {first.path} ({first.metadata[key]}); "
-                    "only captures of the same model and step count can be combined"
+                    f"{cap.path}: {key} {theirs} differs from {first.path} ({ours}); "
+                    "only captures of the same model, step count and site can be combined"
                 )
     return torch.cat([cap.cosine for cap in captures], dim=0)
 
@@ -137,7 +139,10 @@ def analyse(captures: list[Capture], out: str | Path, metric: str = "difference"
     scores = per_pair_scores(cosine, metric, step, base)
     ranking = rank_layers(scores, names)
     out = Path(out)
-    when = ("mean over steps" if step is None else f"step {step}") + f", baseline {baseline}"
+    meta = first.metadata
+    when = ("mean over steps" if step is None else f"step {step}") + (
+        f", baseline {baseline}\nsite {meta.get('site', 'block')}, {meta.get('trajectory', 'independent')} "
+        f"trajectories, {int(cosine.shape[0])} pairs")
     figure = plot_layer_change(
         scores, names, f"{model}: {YLABELS[metric].capitalize()} per Layer ({when})",
         YLABELS[metric], out / f"{model}_{metric}_per_layer.png", dpi, ylim, groups,
@@ -154,6 +159,8 @@ def analyse(captures: list[Capture], out: str | Path, metric: str = "difference"
         "pairs": int(cosine.shape[0]),
         "metric": metric,
         "baseline": baseline,
+        "site": first.metadata.get("site", "block"),
+        "trajectory": first.metadata.get("trajectory", "independent"),
         "step": "all" if step is None else step,
         "top_k": k,
         "suggested": ranking.top(k),

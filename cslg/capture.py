@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +31,8 @@ from .prompts import PromptPair
 from .sampling import denoise, prepare
 
 TRAJECTORIES = ("independent", "shared")
+SITES = ("block", "attn")
+ROWS = ("cond", "all")
 PART_FORMAT = 2  # per-pair files hold input_cosine since format 2
 
 
@@ -47,6 +50,8 @@ class CaptureConfig:
     guidance: float  # CFG scale (CFG runs when > 1); the distilled guidance embedding where the model has one
     max_sequence_length: int
     trajectory: str = "independent"
+    site: str = "block"  # "block": residual stream after the block; "attn": attention output (the paper's point)
+    rows: str = "cond"  # "cond": compare the conditional rows; "all": average with the CFG rows (upstream, SD3)
     save_layers: tuple[str, ...] = ()
     save_steps: tuple[int, ...] = ()  # sorted, non-negative step indices
 
@@ -84,26 +89,56 @@ class PairTrajectory(Method):
 
 
 class CosineRecorder:
-    """Block observer: ``cosine[step, layer]`` between the image tokens of passes ``a`` and ``b`` after each block,
-    and ``input_cosine[step]`` before the first block."""
+    """Block observer: ``cosine[step, layer]`` between the image tokens of the pair's passes at the capture site
+    after each block, and ``input_cosine[step]`` for the tokens entering the first block.
 
-    def __init__(self, layer_names: list[str], steps: int, device, save_layers=(), save_steps=()):
-        self.index = {name: i for i, name in enumerate(layer_names)}
-        self.cosine = torch.full((steps, len(layer_names)), float("nan"), device=device)
-        self.input_cosine = torch.full((steps,), float("nan"), device=device)
+    ``site``: ``"block"``, the block's image-token output (residual stream); ``"attn"``, the image-token attention
+    output before gating and residual (the paper's point: forward hooks on the adapter's ``attention_output``).
+    ``rows``: the lane pairs compared, their cosines averaged (``[("a", "b")]``; upstream's SD3 with CFG also
+    compares the unconditional rows).
+    """
+
+    def __init__(self, adapter: Adapter, steps: int, site: str, rows: Sequence[tuple[str, str]],
+                 save_layers=(), save_steps=()):
+        self.adapter, self.site, self.rows = adapter, site, list(rows)
+        self.index = {name: i for i, name in enumerate(adapter.layer_names)}
+        self.cosine = torch.full((steps, len(adapter.layer_names)), float("nan"), device=adapter.device)
+        self.input_cosine = torch.full((steps,), float("nan"), device=adapter.device)
         self.save_layers, self.save_steps = set(save_layers), list(save_steps)
         self.saved: dict[str, list[torch.Tensor]] = {name: [] for name in save_layers}
+        self.site_outputs: dict[str, tuple[Callable, torch.Tensor]] = {}
+
+    @contextmanager
+    def hooks(self) -> Iterator[None]:
+        """With ``site="attn"``: keep the latest attention output of every block until its observer reads it."""
+        handles = []
+        if self.site == "attn":
+            for name, block, convention in self.adapter.blocks:
+                module, take = self.adapter.attention_output(block, convention)
+                handles.append(module.register_forward_hook(
+                    lambda m, args, out, name=name, take=take: self.site_outputs.__setitem__(name, (take, out)) and None
+                ))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def at_step(self, step: int):
         def observe(layer: str, streams, lanes) -> None:
-            x = streams.image[[lanes["a"], lanes["b"]]]
-            similarity = F.cosine_similarity(x[0].float().flatten(), x[1].float().flatten(), dim=0)
+            image = streams.image
+            if layer != INPUT and self.site == "attn":
+                take, output = self.site_outputs.pop(layer)
+                image = take(output, streams.image.shape[1])
+            pairs = [image[[lanes[a], lanes[b]]] for a, b in self.rows]
+            similarity = torch.stack([F.cosine_similarity(x[0].float().flatten(), x[1].float().flatten(), dim=0)
+                                      for x in pairs]).mean()
             if layer == INPUT:
                 self.input_cosine[step] = similarity
                 return
             self.cosine[step, self.index[layer]] = similarity
             if layer in self.save_layers and step in self.save_steps:
-                self.saved[layer].append(x.detach().to("cpu", torch.float32))
+                self.saved[layer].append(pairs[-1].detach().to("cpu", torch.float32))
 
         return observe
 
@@ -115,8 +150,12 @@ def capture_pair(adapter: Adapter, pair: PromptPair, config: CaptureConfig) -> d
                   config.max_sequence_length)
     noise = run.latents
     latents = noise.repeat(2, *[1] * (noise.ndim - 1)) if config.trajectory == "independent" else noise
-    recorder = CosineRecorder(adapter.layer_names, config.steps, adapter.device, config.save_layers, config.save_steps)
-    denoise(adapter, method, run, latents, observe=recorder.at_step)
+    rows = [("a", "b")]
+    if config.rows == "all" and method.cfg_scale and config.trajectory == "independent":
+        rows = [("uncond_a", "uncond_b"), ("a", "b")]  # the batch rows of upstream's two CFG pipeline calls
+    recorder = CosineRecorder(adapter, config.steps, config.site, rows, config.save_layers, config.save_steps)
+    with recorder.hooks():
+        denoise(adapter, method, run, latents, observe=recorder.at_step)
     out = {"cosine": recorder.cosine.cpu(), "input_cosine": recorder.input_cosine.cpu(),
            "timesteps": run.timesteps.float().cpu()}
     for name, tensors in recorder.saved.items():

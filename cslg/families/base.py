@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 import torch.nn as nn
@@ -280,6 +280,11 @@ class Adapter:
             return image
         text = kwargs.get("encoder_hidden_states")
         return (text, image) if convention.output == TEXT_IMAGE else (image, text)
+
+    def attention_output(self, block: nn.Module, convention: BlockList) -> tuple[nn.Module, Callable[[Any, int], torch.Tensor]]:
+        """The paper's capture site: the module whose output is the block's image-token attention output before
+        gating and residual, and how to read the image tokens from that output (given their number)."""
+        return block.attn.to_out[0], lambda output, n_image: output
 
     def attention_calls(self, block: nn.Module, convention: BlockList) -> list[tuple[nn.Module, AttentionLayout]]:
         """The attention modules of ``block`` where image queries attend image or text keys, with their layout."""

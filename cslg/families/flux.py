@@ -23,6 +23,11 @@ class FluxAdapter(Adapter):
     default_guidance = 3.5
     default_max_sequence_length = 512
 
+    def attention_output(self, block, convention):
+        if convention.attr == "single_transformer_blocks":  # [text, image] attention output before proj_out
+            return block.attn, lambda output, n_image: output[:, -n_image:]
+        return super().attention_output(block, convention)
+
     def attention_calls(self, block, convention):
         return [(block.attn, AttentionLayout("joint", text_first=True))]
 

@@ -21,6 +21,9 @@ class PixArtSigmaAdapter(Adapter):
     default_max_sequence_length = 300
     pag_default_layers = ("1",)  # PixArtSigmaPAGPipeline's default "blocks.1"
 
+    def attention_output(self, block, convention):
+        return block.attn1.to_out[0], lambda output, n_image: output  # the self-attention output
+
     def attention_calls(self, block, convention):
         return [(block.attn1, AttentionLayout("self")), (block.attn2, AttentionLayout("cross"))]
 
