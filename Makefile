@@ -8,7 +8,12 @@ DEMO_OUT ?= demo_outputs
 # Tiny-model settings of the demo: small images and few steps so it runs in a minute or two on a CPU.
 DEMO_SIZE := --height 64 --width 64 --steps 6 --max-sequence-length 128
 
-.PHONY: install test demo benchmarks clean
+# `make paper`: the paper's SD3 table (GPU, real weights); `make paper MODEL=tiny-sd3`: the same recipe on the tiny model.
+MODEL ?= stabilityai/stable-diffusion-3-medium-diffusers
+PAPER_OUT ?= outputs/paper
+PAPER_TINY := --steps 6 --size 64 --max-sequence-length 64 --seeds 0,42 --limit 2 --upstream-sets "0;1;0,1" --offset 2
+
+.PHONY: install test demo paper benchmarks clean
 
 install: $(VENV)/.installed
 
@@ -49,6 +54,9 @@ demo: install
 	$(PY) -m cslg eval --run $(DEMO_OUT)/qwenimage_run
 	$(PY) -m cslg eval --run $(DEMO_OUT)/pixart-sigma_run
 	@echo "demo outputs: $(DEMO_OUT)/ (captures, *_analysis/layers.json and figures, *_run/contact_sheets, *_run/eval)"
+
+paper: install
+	$(PY) -m cslg.paper --model $(MODEL) --out $(PAPER_OUT) $(if $(filter tiny-%,$(MODEL)),$(PAPER_TINY))
 
 benchmarks: install
 	$(PY) benchmarks/bench_capture.py

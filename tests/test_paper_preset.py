@@ -69,3 +69,20 @@ def test_paper_preset_equals_upstream_procedure(script, model, guidance, tmp_pat
     assert data["baseline"] == "one" and data["step"] == -1 and data["metric"] == "difference"
     scores = first_difference(capture.cosine[:, -1].double())[0]
     assert data["ranking"][0]["layer"] == capture.layer_names[int(scores.argmin())]
+
+
+def test_paper_recipe_protocol_and_table():
+    from cslg.methods import SLG
+    from cslg.paper import UPSTREAM_MEANS, parse_args, protocol, table
+
+    labelled = protocol(parse_args([]))
+    assert [label for label, _ in labelled] == [
+        "no_guidance", "default_cfg", "slg_skiplayer_9", "slg_skiplayer_12", "slg_skiplayer_9_12",
+        "slg_block_14", "slg_block_17", "slg_block_14_17"]
+    assert labelled[4][1] == SLG(("9", "12"), 2.8, 7.0, 0.01, 0.2) and labelled[7][1].layers == ("14", "17")
+    rows = [{"image": "a", "ocr_similarity": 0.5}, {"image": "b", "ocr_similarity": 0.25},
+            {"image": "c", "ocr_similarity": 1.0}, {"image": "d", "ocr_similarity": ""}]
+    out = table(rows, {"a": "default_cfg", "b": "default_cfg", "c": "slg_block_14", "d": "slg_block_14"})
+    assert out == [{"method": "default_cfg", "n": 2, "ocr_similarity": 0.375, "upstream_reported": 0.423},
+                   {"method": "slg_block_14", "n": 1, "ocr_similarity": 1.0, "upstream_reported": ""}]
+    assert UPSTREAM_MEANS["slg_skiplayer_9"] == 0.458
