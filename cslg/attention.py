@@ -152,13 +152,15 @@ class AttentionSink:
         for name, sums in self.sums.items():
             if set(sums) != {"cross", "self"}:
                 raise RuntimeError(f"pass {name!r}: the recorded blocks gave {sorted(sums)} maps, need cross and self")
-            out[name] = AttentionMaps(*(sums[r] / self.counts[name][r] for r in ("cross", "self")))
+            means = [sums[r] / self.counts[name][r] for r in ("cross", "self")]
+            stacks = [None, None]
             if self.per_layer:
                 layers = self.layers[name]
                 if len(layers["cross"]) != len(layers["self"]):
                     raise RuntimeError(f"pass {name!r}: {len(layers['cross'])} cross and {len(layers['self'])} self "
                                        "maps: per-layer maps need one of each per block")
-                out[name].cross_layers, out[name].self_layers = (torch.stack(layers[r]) for r in ("cross", "self"))
+                stacks = [torch.stack(layers[r]) for r in ("cross", "self")]
+            out[name] = AttentionMaps(*means, *stacks)
         self.sums, self.counts, self.layers = {}, {}, {}
         return out
 
@@ -227,9 +229,13 @@ class SDPAHandler:
         if self.layout.role == "joint":
             image_keys = self.image_slice(length)
             text_keys = slice(0, length - self.n_image) if self.layout.text_first else slice(self.n_image, length)
-            split = lambda p: dict(zip(("cross", "self"), split_roles(p, text_keys, image_keys)))  # noqa: E731
+
+            def split(probs):
+                return dict(zip(("cross", "self"), split_roles(probs, text_keys, image_keys)))
         else:
-            split = lambda p: {self.layout.role: renormalise(p)}  # noqa: E731
+            def split(probs):
+                return {self.layout.role: renormalise(probs)}
+
         if self.sink is not None and self.sink.per_head:  # renormalise each head's rows, then average the heads
             pieces = [{role: x.mean(dim=1) for role, x in split(head_probs(qc, k, scale, mc)).items()} for qc, mc in chunks]
             parts = {role: torch.cat([p[role] for p in pieces], dim=1) for role in pieces[0]}

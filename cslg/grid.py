@@ -54,6 +54,7 @@ class GridSettings:
     slg_start: float = SLG_START
     slg_stop: float = SLG_STOP
     scfg_layers: tuple[str, ...] | None = None  # None: S-CFG's default (middle third of the double-stream blocks)
+    scfg_reference: bool = False  # S-CFG with every choice of its reference code (SCFG(reference=True))
     concept_scales: tuple[float, ...] = (7.5,)  # ConceptDiffusion's w_g
     pag_scales: tuple[float, ...] = (3.0,)
     pag_layers: tuple[str, ...] | None = None  # None: the family's diffusers default, else the cslg layers

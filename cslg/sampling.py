@@ -11,7 +11,6 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from .attention import AttentionSink
 from .executor import BlockObserver, Executor
 from .families.base import Adapter, Conditioning
 from .methods.base import Method, Request, Step
@@ -71,7 +70,7 @@ def denoise(
     n = len(run.timesteps)
     layout = adapter.layout(latents, run.extras)
     recorded = method.recorded_attention(adapter)
-    sink = AttentionSink() if recorded else None
+    sink = method.attention_sink() if recorded else None
     roles = {}
     if recorded:
         text_len = run.cond.embeds.shape[1]

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from ..attention import AttentionMaps
+from ..attention import AttentionMaps, AttentionSink
 from ..executor import Pass
 from ..families.base import Adapter, LatentLayout, TextRoles
 
@@ -148,6 +148,10 @@ class Method:
     def recorded_attention(self, adapter: Adapter) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
         """``(layers, pass names)`` whose image-query attention ``combine`` needs in ``step.attention``."""
         return None
+
+    def attention_sink(self) -> AttentionSink:
+        """Where the attention of ``recorded_attention`` goes each step; its options say how it is recorded."""
+        return AttentionSink()
 
     def params(self) -> dict[str, Any]:
         """Every setting that shapes the image (recorded in the manifest)."""

@@ -17,6 +17,16 @@ Background tokens stand in for the UNet's start token (each adapter's ``text_rol
 FLUX the T5 padding tokens). Deviations from the reference code, as flags: ``completion="code"``
 computes ``(S + 3 S²)/4 · C``; ``foreground_from="uncond"`` takes the foreground from the negative lane.
 The completion runs on the block-averaged maps (the reference completes every layer and averages after).
+
+``reference=True`` makes every choice of the reference code (github SmilesDZgk/S-CFG, ``sd/utils.py`` ``get_mask``
+and ``sd/sd.py``): both flags above, and
+- the smoothing kernel ``exp(-((x - m) / (2σ))²)`` (effectively σ√2 ≈ 0.707 for σ = 0.5), for the maps and for ρ;
+- every text token competes for the regions (end and padding tokens too; tokens that tie share the position);
+- ``‖η‖`` over each latent pixel's channels, ρ on the latent pixels (regions upsampled nearest) and smoothed there;
+- each block's maps completed, smoothed and divided by their spatial mean (token maps: + 1e-8) before the blocks
+  are averaged (the foreground's two maps too);
+- image->text (and image->image) probabilities renormalised per head before the heads are averaged (the UNet's
+  cross-attention softmax runs over the text keys alone).
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..attention import AttentionSink
 from ..executor import Pass
 from ..families.base import LatentLayout, TextRoles
 from .base import Method, canonical_layers
@@ -38,6 +49,7 @@ EPS = 1e-8
 
 COMPLETIONS = ("paper", "code")
 FOREGROUND_SOURCES = ("cond", "uncond")
+KERNELS = ("paper", "code")  # exp(-x²/(2σ²)) | the reference code's exp(-(x/(2σ))²)
 
 
 # Pure formulas on the token grid ---------------------------------------------------------------------------
@@ -65,9 +77,16 @@ def complete(
     return total / steps
 
 
-def smooth(maps: torch.Tensor, sigma: float = SMOOTH_SIGMA) -> torch.Tensor:
-    """3x3 Gaussian smoothing (σ ``sigma``, kernel normalised to sum 1, reflect padding) of ``[..., h, w]``."""
-    g = torch.exp(-torch.tensor([-1.0, 0.0, 1.0], device=maps.device) ** 2 / (2 * sigma**2))
+def smooth(maps: torch.Tensor, sigma: float = SMOOTH_SIGMA, kernel: str = "paper") -> torch.Tensor:
+    """3x3 Gaussian smoothing (σ ``sigma``, kernel normalised to sum 1, reflect padding) of ``[..., h, w]``.
+
+    ``kernel``: ``"paper"`` weighs offset x by ``exp(-x²/(2σ²))``; ``"code"`` by the reference code's
+    ``exp(-(x/(2σ))²)``, a Gaussian of standard deviation σ√2.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    x = torch.tensor([-1.0, 0.0, 1.0], device=maps.device)
+    g = torch.exp(-(x**2) / (2 * sigma**2)) if kernel == "paper" else torch.exp(-((x / (2 * sigma)) ** 2))
     kernel = torch.outer(g, g) / torch.outer(g, g).sum()
     flat = maps.reshape(-1, 1, *maps.shape[-2:]).float()
     out = F.conv2d(F.pad(flat, (1, 1, 1, 1), mode="reflect"), kernel[None, None])
@@ -95,12 +114,13 @@ def foreground_mask(background: torch.Tensor, others: torch.Tensor) -> torch.Ten
     return normalise(others) > normalise(background)
 
 
-def scale_map(eta_norm: torch.Tensor, masks: torch.Tensor, foreground: torch.Tensor, w: float) -> torch.Tensor:
-    """S-CFG scale map ``ρ`` ``[h, w]`` from ``n = ‖η‖₂`` per token ``[h, w]``, regions ``masks`` ``[K, h, w]``
-    and the ``foreground`` ``[h, w]``.
+def scale_map(eta_norm: torch.Tensor, masks: torch.Tensor, foreground: torch.Tensor, w: float,
+              kernel: str = "paper") -> torch.Tensor:
+    """S-CFG scale map ``ρ`` ``[h, w]`` from ``n = ‖η‖₂`` per position ``[h, w]`` (token or latent pixel),
+    regions ``masks`` ``[K, h, w]`` and the ``foreground`` ``[h, w]``.
 
     ``N_i = mean_{m_i} n``, ``N_fg = mean_{foreground} n``, ``ρ_i = N_fg / N_i`` (0 for empty regions),
-    ``ρ = Σ_i ρ_i m_i``, clamped to ``[SCALE_MIN, SCALE_MAX]``, capped at ``SCALE_CAP / w``, smoothed.
+    ``ρ = Σ_i ρ_i m_i``, clamped to ``[SCALE_MIN, SCALE_MAX]``, capped at ``SCALE_CAP / w``, smoothed (``kernel``).
     """
     area = masks.sum(dim=(-2, -1))
     n_region = (masks * eta_norm).sum(dim=(-2, -1)) / (area + EPS)
@@ -109,7 +129,56 @@ def scale_map(eta_norm: torch.Tensor, masks: torch.Tensor, foreground: torch.Ten
     rho_region = torch.where(area > 0, n_fg / (n_region + EPS), torch.zeros_like(n_region))
     rho = (rho_region[:, None, None] * masks).sum(dim=0)
     rho = rho.clamp(SCALE_MIN, SCALE_MAX).clamp_max(SCALE_CAP / w)
-    return smooth(rho)
+    return smooth(rho, kernel=kernel)
+
+
+# The reference code's choices (``SCFG(reference=True)``) -----------------------------------------------------
+def layer_token_maps(cross: torch.Tensor, self_attn: torch.Tensor, layout: LatentLayout, completion: str = "code",
+                     kernel: str = "code") -> torch.Tensor:
+    """Completed, smoothed maps of every text token for each block: ``cross`` ``[L, N, T]``, ``self_attn``
+    ``[L, N, N]`` -> ``[L, T, h, w]`` (each block completed with its own self-attention)."""
+    maps = complete(cross, self_attn, completion)
+    return smooth(maps.transpose(-1, -2).reshape(*maps.shape[:-2], maps.shape[-1], layout.h, layout.w), kernel=kernel)
+
+
+def mean_normalise(maps: torch.Tensor, eps: float = EPS) -> torch.Tensor:
+    """Each block's maps ``[L, K, h, w]`` divided by their spatial mean (+ ``eps``), averaged over the blocks
+    (the reference code's spatial normalisation before its layer average): ``[K, h, w]``."""
+    return (maps / (maps.mean(dim=(-2, -1), keepdim=True) + eps)).mean(dim=0)
+
+
+def foreground_maps(maps: torch.Tensor, roles: TextRoles) -> torch.Tensor:
+    """The background map and the summed map of every other token of each block (``[L, T, h, w]``), each divided
+    by its spatial mean (no ``eps``, as the code), averaged over the blocks: ``[2, h, w]``."""
+    pair = torch.stack([maps[:, list(roles.background)].sum(dim=1), maps[:, list(roles.others)].sum(dim=1)], dim=1)
+    return mean_normalise(pair, eps=0.0)
+
+
+def tie_masks(maps: torch.Tensor) -> torch.Tensor:
+    """Regions ``[K, h, w]`` where every map that reaches the maximum over ``maps`` ``[K, h, w]`` holds the
+    position (the reference code's ``maps == max``: maps that tie share a position, and their ρ_i add up)."""
+    return (maps == maps.max(dim=0, keepdim=True).values).to(maps.dtype)
+
+
+def pixel_prediction(u: torch.Tensor, c: torch.Tensor, w: float, masks: torch.Tensor, foreground: torch.Tensor,
+                     layout: LatentLayout, kernel: str = "code") -> torch.Tensor:
+    """``v = u + w ρ ⊙ (c - u)`` with ρ on the latent pixels: token regions ``masks`` ``[K, h, w]`` and the
+    ``foreground`` ``[h, w]`` upsampled (nearest), ``‖η‖₂`` over each latent pixel's channels, ``scale_map``
+    (smoothed with ``kernel``) on the pixel grid."""
+    u_px, c_px = layout.to_pixels(u), layout.to_pixels(c)
+    eta_norm = (c_px - u_px).float().norm(dim=1)[0]
+    rho = scale_map(eta_norm, layout.upsample(masks), layout.upsample(foreground), w, kernel)
+    return layout.from_pixels(guide(u_px, c_px, w, rho[None, None].to(u.dtype)))
+
+
+def reference_prediction(u: torch.Tensor, c: torch.Tensor, w: float, cond_maps: torch.Tensor,
+                         fore_maps: torch.Tensor, roles: TextRoles, layout: LatentLayout) -> torch.Tensor:
+    """S-CFG as the reference code computes it, from the per-block token maps (``layer_token_maps``) of the
+    conditional pass (regions: every token, ``tie_masks`` of the mean-normalised maps) and of the pass the
+    foreground comes from (``foreground_maps``: where the others' map beats the background's); ρ on the latent
+    pixels (``pixel_prediction``)."""
+    fore = foreground_maps(fore_maps, roles)
+    return pixel_prediction(u, c, w, tie_masks(mean_normalise(cond_maps)), fore[1] > fore[0], layout, "code")
 
 
 # The method ---------------------------------------------------------------------------------------------
@@ -140,19 +209,29 @@ class SCFG(Method):
     """S-CFG: ``v = u + w ρ ⊙ (c - u)`` every step; on FLUX and Qwen-Image this modulates true CFG.
 
     ``layers``: blocks whose attention is recorded (default: the adapter's ``default_attention_layers``, the
-    middle third of the first block list). ``completion``: ``"paper"`` or ``"code"``; ``foreground_from``:
-    the conditional pass (``"cond"``, paper) or the unconditional one (``"uncond"``, reference code).
+    middle third of the first block list). ``completion``: ``"paper"`` (default) or ``"code"``;
+    ``foreground_from``: the conditional pass (``"cond"``, paper, default) or the unconditional one (``"uncond"``,
+    reference code). ``reference``: every choice of the reference code (module docstring), which implies
+    ``completion="code"`` and ``foreground_from="uncond"``.
     """
 
     cfg_scale: float = 7.5
     layers: tuple[str, ...] | None = None
-    completion: str = "paper"
-    foreground_from: str = "cond"
+    completion: str | None = None
+    foreground_from: str | None = None
+    reference: bool = False
     name = "scfg"
 
     def __post_init__(self):
         if self.layers is not None:
             object.__setattr__(self, "layers", canonical_layers(self.layers))
+        implied = {"completion": "code", "foreground_from": "uncond"} if self.reference else {}
+        for key, paper in (("completion", "paper"), ("foreground_from", "cond")):
+            value = getattr(self, key)
+            if value is None:
+                object.__setattr__(self, key, implied.get(key, paper))
+            elif key in implied and value != implied[key]:
+                raise ValueError(f"scfg: reference=True implies {key}={implied[key]!r}, got {value!r}")
         if self.completion not in COMPLETIONS:
             raise ValueError(f"scfg: completion must be one of {COMPLETIONS}, got {self.completion!r}")
         if self.foreground_from not in FOREGROUND_SOURCES:
@@ -171,7 +250,13 @@ class SCFG(Method):
         layers = self.layers or tuple(adapter.default_attention_layers())
         return layers, tuple(dict.fromkeys(["cond", self.foreground_from]))
 
+    def attention_sink(self):
+        return AttentionSink(per_head=self.reference, per_layer=self.reference)
+
     def combine(self, preds, step):
+        if self.reference:
+            return self._combine_reference(preds, step)
+
         def maps(name: str) -> torch.Tensor:
             recorded = step.attention[name]
             return role_maps(recorded.cross, recorded.self_attn, step.roles[name], step.layout, self.completion)
@@ -180,18 +265,36 @@ class SCFG(Method):
         fore = cond if self.foreground_from == "cond" else maps("uncond")
         return scfg_prediction(preds["uncond"], preds["cond"], self.cfg_scale, cond, fore, step.layout)
 
+    def _combine_reference(self, preds, step):
+        def maps(name: str) -> torch.Tensor:
+            recorded = step.attention[name]
+            if recorded.cross_layers is None:
+                raise RuntimeError("scfg reference=True needs per-layer maps (record into SCFG.attention_sink())")
+            return layer_token_maps(recorded.cross_layers, recorded.self_layers, step.layout, self.completion, "code")
+
+        cond = maps("cond")
+        fore = cond if self.foreground_from == "cond" else maps("uncond")
+        return reference_prediction(preds["uncond"], preds["cond"], self.cfg_scale, cond, fore,
+                                    step.roles[self.foreground_from], step.layout)
+
     def params(self):
         return {
             "cfg_scale": self.cfg_scale,
             "layers": list(self.layers) if self.layers else "middle third of the first block list",
             "completion": self.completion,
             "foreground_from": self.foreground_from,
+            "reference": self.reference,
             "completion_steps": COMPLETION_STEPS,
             "smooth_sigma": SMOOTH_SIGMA,
+            "smooth_kernel": "code" if self.reference else "paper",
+            "region_tokens": "every text token" if self.reference else "background and content tokens",
+            "scale_resolution": "latent pixel" if self.reference else "token",
+            "layer_normalisation": "per block, then averaged" if self.reference else "after the block average",
+            "head_renormalisation": "per head, then averaged" if self.reference else "after the head average",
             "scale_clamp": [SCALE_MIN, SCALE_MAX],
             "scale_cap": SCALE_CAP,
         }
 
     @classmethod
     def from_grid(cls, s):
-        return [cls(cfg_scale=w, layers=s.scfg_layers) for w in s.cfg_scales]
+        return [cls(cfg_scale=w, layers=s.scfg_layers, reference=s.scfg_reference) for w in s.cfg_scales]
