@@ -28,6 +28,7 @@ from .families.base import Adapter
 from .io import atomic_write, atomic_write_json
 from .methods.base import Method, cfg
 from .prompts import PromptPair
+from .provenance import versions
 from .sampling import denoise, prepare
 
 TRAJECTORIES = ("independent", "shared")
@@ -211,6 +212,7 @@ def run_capture(
         "family": adapter.name,
         "layer_names": adapter.layer_names,
         "block_groups": adapter.block_groups(),
+        "versions": versions(),
         "timesteps": timesteps,
         "prompts": [[p.negative, p.positive] for p in pairs],
     }

@@ -22,15 +22,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+from PIL import Image
 from tqdm.auto import tqdm
 
 from .contact_sheet import contact_sheet
 from .families.base import Adapter
-from .io import append_jsonl, atomic_write, atomic_write_json, atomic_write_text, read_jsonl
+from .io import (
+    LockedError, append_jsonl, atomic_write, atomic_write_json, atomic_write_text, file_lock, read_jsonl,
+    remove_stale_temps,
+)
 from .methods import REGISTRY, Method, Request
 from .methods.base import LAYER_COMBINATIONS, check_scale
 from .methods.cslg import SLG_LAYERS, SLG_SCALE, SLG_START, SLG_STOP
 from .prompts import GenerationPrompt
+from .provenance import versions
 from .sampling import DegenerateMethodWarning, sample
 from .text import prompt_slug
 
@@ -184,17 +189,20 @@ def manifest_record(job: Job, settings: ImageSettings, model: str, warning: str 
         record["concepts"] = list(job.prompt.concepts)
     if warning:
         record["warnings"] = [warning]
+    record["versions"] = versions()
     return record
 
 
 def merge_manifests(out: Path) -> Path:
-    """Rewrite ``manifest.jsonl`` as the union of all shard manifests (one entry per image)."""
-    records: dict[str, dict] = {}
-    for shard_file in sorted((out / "manifests").glob("shard-*.jsonl")):
-        for _, record in read_jsonl(shard_file):
-            records[record["image"]] = record
-    text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records.values())
-    return atomic_write_text(out / "manifest.jsonl", text)
+    """Rewrite ``manifest.jsonl`` as the union of all shard manifests (one entry per image, the last row wins),
+    under a lock, so shards finishing at the same time cannot lose each other's rows."""
+    with file_lock(out / "manifests" / ".merge.lock"):
+        records: dict[str, dict] = {}
+        for shard_file in sorted((out / "manifests").glob("shard-*.jsonl")):
+            for _, record in read_jsonl(shard_file):
+                records[record["image"]] = record
+        text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records.values())
+        return atomic_write_text(out / "manifest.jsonl", text)
 
 
 def check_run_settings(out: Path, settings: ImageSettings, model: str) -> None:
@@ -223,14 +231,43 @@ def run_grid(
     """Generate this shard's groups into ``out``; returns the merged manifest path.
 
     ``out/run.json`` records the model and image settings: a run folder only resumes or grows (more
-    prompts, seeds, methods) under the same ones, since they are not part of the image names.
+    prompts, seeds, methods) under the same ones, since they are not part of the image names. One process runs a
+    shard at a time (a second is refused); an image that does not open (a crash mid-write) is made again; a manifest
+    row whose prompt-file fields changed is rewritten.
     """
     out = Path(out)
     check_run_settings(out, settings, model)
-    mine = shard_groups(groups, *shard)
-    shard_manifest = out / "manifests" / f"shard-{shard[0]:03d}-of-{shard[1]:03d}.jsonl"
-    done = {r["image"] for _, r in read_jsonl(shard_manifest)} if shard_manifest.exists() else set()
-    bar = tqdm(total=sum(len(g) for g in mine), desc=f"images (shard {shard[0]}/{shard[1]})", disable=not progress)
+    name = f"shard-{shard[0]:03d}-of-{shard[1]:03d}"
+    try:
+        with file_lock(out / "manifests" / f".{name}.lock", wait=False, held_by=f"another process running shard "
+                                                                              f"{shard[0]}/{shard[1]} of this folder"):
+            _run_shard(adapter, shard_groups(groups, *shard), settings, out, model, out / "manifests" / f"{name}.jsonl",
+                       progress)
+    except LockedError as e:
+        raise ValueError(str(e)) from None
+    return merge_manifests(out)
+
+
+def _same_row(a: dict, b: dict) -> bool:
+    """Manifest rows equal but for the library versions (a resume under a newer library keeps its rows)."""
+    return {k: v for k, v in a.items() if k != "versions"} == {k: v for k, v in b.items() if k != "versions"}
+
+
+def _readable(path: Path) -> bool:
+    """Whether ``path`` is a complete image."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def _run_shard(adapter: Adapter, mine: list[list[Job]], settings: ImageSettings, out: Path, model: str,
+               shard_manifest: Path, progress: bool) -> None:
+    remove_stale_temps(out)
+    recorded = {r["image"]: r for _, r in read_jsonl(shard_manifest)} if shard_manifest.exists() else {}
+    bar = tqdm(total=sum(len(g) for g in mine), desc=f"images ({shard_manifest.stem})", disable=not progress)
     warned: set[str] = set()
     for group in mine:
         generated = False
@@ -241,20 +278,20 @@ def run_grid(
             if warning and (message := f"{method_label(job.method)}: {warning}") not in warned:
                 warned.add(message)  # once per run and setting; every affected manifest row records it
                 tqdm.write(f"warning: {message}")
-            if not path.exists():
+            if not (path.exists() and _readable(path)):
                 generated = True
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DegenerateMethodWarning)  # reported above
                     image = sample(adapter, job.method, request, job.seed, settings.steps, settings.height,
                                    settings.width, settings.max_sequence_length)
                 atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-            if job.image not in done:
-                append_jsonl(shard_manifest, manifest_record(job, settings, model, warning))
-                done.add(job.image)
+            record = manifest_record(job, settings, model, warning)
+            if job.image not in recorded or not _same_row(recorded[job.image], record):
+                append_jsonl(shard_manifest, record)  # new, or the prompt file changed: the last row wins
+                recorded[job.image] = record
             bar.update()
         sheet = out / "contact_sheets" / f"{prompt_slug(group[0].prompt.prompt)}_seed{group[0].seed}.png"
         if generated or not sheet.exists():
             contact_sheet([out / j.image for j in group], [method_label(j.method) for j in group],
                           f"seed {group[0].seed}: {group[0].prompt.prompt}", sheet)
     bar.close()
-    return merge_manifests(out)

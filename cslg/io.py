@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
+import re
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
+TEMP_MARK = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into place."""
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into place. The file gets the
+    user's umask (not mkstemp's owner-only mode); the temporary name carries the writer's pid, so
+    ``remove_stale_temps`` can tell a crashed writer's leftovers from a live one's."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=TEMP_MARK + path.suffix)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -60,3 +76,51 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}: line {lineno} is not a JSON object")
             yield lineno, obj
+
+
+_TEMP = re.compile(r"^\..+\.(\d+)\.[^.]*" + re.escape(TEMP_MARK))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Delete the temporary files of interrupted ``atomic_write`` calls below ``folder`` whose writer is gone (a live
+    writer's are kept); returns how many."""
+    removed = 0
+    for path in Path(folder).rglob(f".*{TEMP_MARK}*"):
+        match = _TEMP.match(path.name)
+        if match and path.is_file() and not _alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+class LockedError(RuntimeError):
+    """Another live process holds a lock."""
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike, wait: bool = True, held_by: str = "another process") -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if needed) while the context is held. The kernel releases it when
+    its process dies, so a crashed run never leaves it held. ``wait=False``: raise ``LockedError`` if it is taken."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as e:
+            if e.errno in (errno.EAGAIN, errno.EACCES):
+                raise LockedError(f"{path} is locked by {held_by}") from None
+            raise
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
