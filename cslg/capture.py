@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .activations import save_capture
+from .activations import read_metadata, save_capture
 from .executor import INPUT, Pass
 from .families.base import Adapter
-from .io import atomic_write, atomic_write_json
+from .io import atomic_write, atomic_write_json, remove_stale_temps
 from .methods.base import Method, cfg
 from .prompts import PromptPair
 from .provenance import versions
@@ -164,6 +164,16 @@ def capture_pair(adapter: Adapter, pair: PromptPair, config: CaptureConfig) -> d
     return out
 
 
+def _finished(out: Path, config: CaptureConfig, pairs: Sequence[PromptPair]) -> bool:
+    """Whether ``out`` is a capture of exactly ``config`` and ``pairs``."""
+    try:
+        meta = read_metadata(out)
+    except (FileNotFoundError, ValueError):
+        return False
+    same = all(meta.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items())
+    return same and meta.get("prompts") == [[p.negative, p.positive] for p in pairs]
+
+
 def _config_hash(config: CaptureConfig, pairs: Sequence[PromptPair]) -> str:
     """Identity of a capture run: its settings and the prompt texts (a partial run resumes only under both)."""
     key = [asdict(config), [[p.negative, p.positive] for p in pairs], PART_FORMAT]
@@ -181,27 +191,47 @@ def resolve_steps(steps: Sequence[int], num_steps: int, flag: str = "--save-step
 
 
 def run_capture(
-    adapter: Adapter, pairs: Sequence[PromptPair], config: CaptureConfig, out: str | Path, progress: bool = True
+    adapter: Adapter, pairs: Sequence[PromptPair], config: CaptureConfig, out: str | Path, progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """Capture every pair and write ``out`` (safetensors). Resumable: finished pairs are kept in
-    ``<out>.partial/`` and skipped when the same command is run again; merged at the end."""
+    ``<out>.partial/`` and skipped when the same command is run again; merged at the end. A finished ``out`` of the
+    same settings and prompts is kept (``force``: capture again)."""
     out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory: give a .safetensors file name")
+    if out.is_file() and not force and _finished(out, config, pairs):
+        print(f"{out} already holds this capture (same settings and prompts): kept; --force captures again")
+        return out
     partial = out.with_name(out.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     stamp = partial / "config.json"
     run_hash = _config_hash(config, pairs)
-    if stamp.exists() and json.loads(stamp.read_text())["hash"] != run_hash:
-        raise ValueError(
-            f"{partial} holds an unfinished capture with different settings or prompts; "
-            f"delete it or choose another --out"
-        )
+    if stamp.exists():
+        try:
+            found = json.loads(stamp.read_text(encoding="utf-8"))
+            old_hash, old_config = found["hash"], found["config"]
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{stamp} is corrupt; delete {partial} to start the capture again") from None
+        if old_hash != run_hash:
+            wanted = json.loads(json.dumps(asdict(config)))  # as stored: tuples are lists
+            changed = [f"{k} {old_config.get(k)!r} -> {v!r}" for k, v in wanted.items() if old_config.get(k) != v]
+            what = ", ".join(changed) if changed else "the prompts"
+            raise ValueError(f"{partial} holds an unfinished capture with other settings ({what}); "
+                             f"run it with the same settings, or delete it, or choose another --out")
+    remove_stale_temps(partial)
     atomic_write_json(stamp, {"hash": run_hash, "config": asdict(config)})
     parts = []
     for p, pair in enumerate(tqdm(pairs, desc="pairs", disable=not progress)):
         part = partial / f"pair_{p:05d}.safetensors"
-        if not part.exists():
-            tensors = capture_pair(adapter, pair, config)
-            atomic_write(part, lambda tmp: save_file(tensors, tmp))
+        if part.exists():
+            try:
+                parts.append(load_file(str(part)))
+                continue
+            except Exception:  # safetensors raises its own error types for a truncated file
+                tqdm.write(f"warning: {part} is corrupt (an interrupted write?): capturing pair {p} again")
+        tensors = capture_pair(adapter, pair, config)
+        atomic_write(part, lambda tmp: save_file(tensors, tmp))
         parts.append(load_file(str(part)))
     merged = {key: torch.stack([part[key] for part in parts]) for key in parts[0] if key != "timesteps"}
     timesteps = parts[0]["timesteps"].tolist()

@@ -141,16 +141,23 @@ def parse_shard(text: str | None, env: os._Environ | dict = os.environ) -> tuple
             index, count = (int(x) for x in text.split("/"))
         except ValueError:
             raise ValueError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
-    elif int(env.get("WORLD_SIZE", 1)) > 1:
-        index, count = int(env.get("RANK", 0)), int(env["WORLD_SIZE"])
+    elif _env_int(env, "WORLD_SIZE", 1) > 1:
+        index, count = _env_int(env, "RANK", 0), _env_int(env, "WORLD_SIZE", 1)
     elif "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", 0))
-        count = int(env["SLURM_ARRAY_TASK_COUNT"])
+        index = _env_int(env, "SLURM_ARRAY_TASK_ID", 0) - _env_int(env, "SLURM_ARRAY_TASK_MIN", 0)
+        count = _env_int(env, "SLURM_ARRAY_TASK_COUNT", 1)
     else:
         return 0, 1
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"shard index {index} is out of range for {count} shards")
     return index, count
+
+
+def _env_int(env, name: str, default: int) -> int:
+    try:
+        return int(env.get(name, default))
+    except ValueError:
+        raise ValueError(f"environment variable {name}={env[name]!r} is not an integer") from None
 
 
 def shard_groups(groups: list[list[Job]], index: int, count: int) -> list[list[Job]]:
@@ -209,8 +216,17 @@ def check_run_settings(out: Path, settings: ImageSettings, model: str) -> None:
     """Write ``out/run.json``, or fail if the folder was made with another model or image settings."""
     wanted = {"model": model, **asdict(settings)}
     path = out / "run.json"
+    for folder in (out, *out.parents):
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"--out {out}: {folder} is a file, not a folder")
     if path.exists():
-        found = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(found, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            raise ValueError(f"{path} is corrupt ({e}); delete it if the folder's images were made with the current "
+                             "settings, or choose another --out") from None
         changed = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
         if changed:
             diff = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())

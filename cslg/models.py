@@ -35,7 +35,12 @@ def load_pipeline(
     """
     if offload not in OFFLOAD_MODES:
         raise ValueError(f"--offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
-    device = torch.device(device) if device is not None else default_device()
+    try:
+        device = torch.device(device) if device is not None else default_device()
+    except RuntimeError as e:
+        raise ValueError(f"--device {device}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA GPU is available here (use --device cpu)")
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if model in TINY_PRESETS:
         pipe = build_tiny(model)
@@ -47,7 +52,7 @@ def load_pipeline(
         folder = Path(model).expanduser()
         if folder.exists() and not (folder / "model_index.json").exists():
             raise FileNotFoundError(f"--model {model}: folder has no model_index.json (not a diffusers save_pretrained folder)")
-        pipe = DiffusionPipeline.from_pretrained(str(folder) if folder.exists() else model, torch_dtype=dtype)
+        pipe = _from_pretrained(model, folder, dtype)
     adapter = adapter_class(pipe)  # fails for unsupported pipelines
     if family is not None and adapter.name != family:
         raise ValueError(f"--model {model} is a {type(pipe).__name__} ({adapter.name}), but this script runs {family} models")
@@ -62,3 +67,23 @@ def load_pipeline(
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _from_pretrained(model: str, folder: Path, dtype: torch.dtype) -> DiffusionPipeline:
+    """``DiffusionPipeline.from_pretrained`` with one clear line for a model that cannot be had."""
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    hint = f"use a local save_pretrained folder or a tiny preset ({', '.join(TINY_PRESETS)})"
+    try:
+        return DiffusionPipeline.from_pretrained(str(folder) if folder.exists() else model, torch_dtype=dtype)
+    except GatedRepoError:
+        raise ValueError(f"--model {model} is gated: accept its licence on huggingface.co and log in "
+                         f"(`hf auth login`), or {hint}") from None
+    except RepositoryNotFoundError:
+        raise ValueError(f"--model {model}: no such model on the Hugging Face Hub (a typo?); {hint}") from None
+    except (LocalEntryNotFoundError, OSError) as e:
+        message = str(e)
+        if isinstance(e, LocalEntryNotFoundError) or any(w in message for w in ("cached", "offline", "connect")):
+            raise ValueError(f"--model {model} is not in the local cache and the Hub cannot be reached (offline?); "
+                             f"{hint}") from None
+        raise ValueError(f"--model {model} cannot be loaded ({message.splitlines()[0][:200]}); {hint}") from None

@@ -119,6 +119,12 @@ def load_generation_prompts(path: str | os.PathLike, limit: int | None = None) -
                 concepts=_optional_string_list(entry, "concepts", where),
             )
         )
+    first: dict[str, int] = {}
+    for index, prompt in enumerate(prompts):
+        if prompt.prompt in first:  # images are named by prompt: a second entry would overwrite the first
+            raise PromptFileError(f"{path}: entries {first[prompt.prompt]} and {index} have the same prompt; "
+                                  "merge them (expected_text and concepts are lists)")
+        first[prompt.prompt] = index
     return _apply_limit(prompts, limit, path, "prompts")
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import cslg.capture as capture_mod
 import FLUX_LayerExperiment_pairwise as flux_script
 import SD3_LayerExperiment_pairwise as sd3_script
 from cslg import inspect as inspect_cli
@@ -140,9 +142,33 @@ def test_resume_skips_finished_pairs(sd3_pipe, tmp_path, monkeypatch):
 def test_resume_refuses_other_settings(sd3_pipe, tmp_path):
     partial = tmp_path / "cap.safetensors.partial"
     partial.mkdir()
-    (partial / "config.json").write_text(json.dumps({"hash": "0" * 12}))
-    with pytest.raises(ValueError, match="different settings"):
+    stored = {**dataclasses.asdict(_config("tiny-sd3")), "steps": 7, "pairs": 5}
+    (partial / "config.json").write_text(json.dumps({"hash": "0" * 12, "config": stored}))
+    with pytest.raises(ValueError, match=r"other settings \(pairs 5 -> 2, steps 7 -> 4\)"):  # names what differs
         run_capture(adapter_for(sd3_pipe), PAIRS, _config("tiny-sd3"), tmp_path / "cap.safetensors", progress=False)
+    (partial / "config.json").write_text("{trunc")
+    with pytest.raises(ValueError, match=r"config.json is corrupt; delete .*partial"):
+        run_capture(adapter_for(sd3_pipe), PAIRS, _config("tiny-sd3"), tmp_path / "cap.safetensors", progress=False)
+    (tmp_path / "dir.safetensors").mkdir()
+    with pytest.raises(ValueError, match="is a directory"):
+        run_capture(adapter_for(sd3_pipe), PAIRS, _config("tiny-sd3"), tmp_path / "dir.safetensors", progress=False)
+
+
+def test_corrupt_part_is_captured_again_and_a_finished_capture_is_kept(sd3_pipe, tmp_path, capsys):
+    adapter, out = adapter_for(sd3_pipe), tmp_path / "cap.safetensors"
+    config = _config("tiny-sd3")
+    first = load_capture(run_capture(adapter, PAIRS, config, out, progress=False)).cosine
+    partial = tmp_path / "cap.safetensors.partial"
+    partial.mkdir()
+    (partial / "config.json").write_text(json.dumps({"hash": capture_mod._config_hash(config, PAIRS),
+                                                      "config": dataclasses.asdict(config)}))
+    (partial / "pair_00000.safetensors").write_bytes(b"\x00" * 10)  # a truncated part
+    out.unlink()
+    again = load_capture(run_capture(adapter, PAIRS, config, out, progress=False)).cosine
+    assert "pair_00000.safetensors is corrupt" in capsys.readouterr().out and torch.equal(first, again)
+    mtime = out.stat().st_mtime_ns
+    run_capture(adapter, PAIRS, config, out, progress=False)  # finished: kept, not recomputed
+    assert out.stat().st_mtime_ns == mtime and "already holds this capture" in capsys.readouterr().out
 
 
 def test_scripts_and_inspect(tmp_path, capsys, root):
