@@ -4,11 +4,13 @@
     python eval.py --images DIR --prompts prompt_datasets/text_eval_prompts.json --out DIR/eval
 
 The expected text of an image is the manifest's/prompt file's ``expected_text``, or else the
-quoted strings of its prompt. Each image is read with easyocr (offline weights) and scored
-with the paper's OCR similarity (difflib ratio) plus NED, word precision/recall/F1 and exact
-match; results go to ``<out>/`` (default ``<run or images>/eval``): per_image.csv,
-summary.csv (means with 95% bootstrap CIs per method and setting), per_prompt.csv,
-methods_bar.png and, for cfg_scale x cslg_scale sweeps, heatmap_cfg_x_cslg.png.
+quoted strings of its prompt. Each image is read with easyocr (default) or PP-OCR
+(--engine ppocr; --engine all: both, plus their agreement in agreement.csv), offline weights,
+and scored with the paper's OCR similarity (difflib ratio) plus AnyText's NED, MARIO-Eval's
+word precision/recall/F-measure and accuracy, and GlyphControl's exact match; results go to
+``<out>/`` (default ``<run or images>/eval``): per_image.csv, summary.csv (means with 95%
+bootstrap CIs per engine, method and setting), per_prompt.csv, methods_bar.png and, for
+cfg_scale x cslg_scale sweeps, heatmap_cfg_x_cslg.png.
 Re-running resumes: images already read are not OCRed again unless --force.
 
 With --images, an image maps to a prompt of --prompts when its path below DIR (without

@@ -1,22 +1,35 @@
 """Training-free guidance of diffusion transformers: Contrastive Skip-Layer Guidance (CSLG), its contrastive
-layer finder, and the baselines (SLG, S-CFG, ConceptDiffusion) on every supported diffusers family.
+layer finder, and the methods of the field (SLG, S-CFG, ConceptDiffusion, PAG, APG, CFG-Zero*, skipped-negative
+SLG) on every supported diffusers family.
 
     import cslg
     image = cslg.generate(pipe, "a sign that says 'OPEN'", cslg.CSLG(layers=[5], scale=1.0), seed=0)
+
+Names load on first use, so the command line answers ``--help`` without importing torch and diffusers.
 """
 
-from .api import find_layers, generate, layer_names
-from .families import ADAPTERS, Adapter, LayerError, adapter_for, family_of
-from .methods import (
-    APG, CFG, CSLG, PAG, REGISTRY, SCFG, SLG, CFGZeroStar, ConceptDiffusion, Method, NoGuidance, Request,
-    SkippedNegativeSLG, Step,
-)
-from .skip import skip_blocks
+from importlib import import_module
 
 __version__ = "0.2.0"
 
-__all__ = [
-    "APG", "CFGZeroStar", "PAG", "SkippedNegativeSLG", "ADAPTERS", "Adapter", "CFG", "CSLG", "ConceptDiffusion", "LayerError", "Method", "NoGuidance", "REGISTRY",
-    "Request", "SCFG", "SLG", "Step", "adapter_for", "family_of", "find_layers", "generate", "layer_names",
-    "skip_blocks",
-]
+_WHERE = {
+    **dict.fromkeys(("find_layers", "generate", "layer_names"), ".api"),
+    **dict.fromkeys(("ADAPTERS", "Adapter", "LayerError", "adapter_for", "family_of"), ".families"),
+    **dict.fromkeys(("APG", "CFG", "CSLG", "PAG", "REGISTRY", "SCFG", "SLG", "CFGZeroStar", "ConceptDiffusion",
+                     "Method", "NoGuidance", "Request", "SkippedNegativeSLG", "Step"), ".methods"),
+    "skip_blocks": ".skip",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(import_module(_WHERE[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'cslg' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

@@ -19,12 +19,9 @@ from pathlib import Path
 import torch
 
 from .activations import Capture
+from .options import BASELINES, METRICS
 from .io import atomic_write_json
 
-METRICS = ("difference", "relative")
-# s_{-1}: the similarity of the blocks' input (default: without it, every drift of the two trajectories is charged
-# to the first block) or 1 (the paper).
-BASELINES = ("input", "one")
 
 
 def _previous(cosine: torch.Tensor, baseline: torch.Tensor | None) -> torch.Tensor:

@@ -28,12 +28,10 @@ from .families.base import Adapter
 from .io import atomic_write, atomic_write_json, remove_stale_temps
 from .methods.base import Method, cfg
 from .prompts import PromptPair
+from .options import ROWS, SITES, TRAJECTORIES
 from .provenance import versions
 from .sampling import denoise, prepare
 
-TRAJECTORIES = ("independent", "shared")
-SITES = ("block", "attn")
-ROWS = ("cond", "all")
 PART_FORMAT = 2  # per-pair files hold input_cosine since format 2
 
 

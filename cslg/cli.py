@@ -13,15 +13,15 @@ from typing import Sequence
 import torch
 
 from .activations import load_capture
-from .analysis import METRICS, analyse
-from .capture import TRAJECTORIES, CaptureConfig, resolve_steps, run_capture
+from .analysis import BASELINES, METRICS, analyse
+from .capture import ROWS, SITES, TRAJECTORIES, CaptureConfig, resolve_steps, run_capture
 from .families import LayerError, adapter_class, adapter_class_by_name, adapter_for
 from .grid import LAYER_COMBINATIONS, METHODS, GridSettings, ImageSettings, build_methods, enumerate_groups, parse_shard, run_grid
 from .methods.cslg import SLG_LAYERS, SLG_START, SLG_STOP
 from .models import OFFLOAD_MODES, load_pipeline
 from .tiny import TINY_PRESETS
 from .evaluation import EvalResult, evaluate, format_summary, load_manifest, records_from_images
-from .ocr import ENGINES, get_engine
+from .ocr import ALL_ENGINES, ENGINES, engine_names, get_engine
 from .prompts import PromptFileError, load_generation_prompts, load_pairs
 
 
@@ -100,6 +100,14 @@ def capture_parser(doc: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--trajectory", choices=TRAJECTORIES, default=defaults["trajectory"],
                    help="independent: each prompt its own trajectory from the same noise (paper); "
                         "shared: both prompts on the first prompt's trajectory")
+    p.add_argument("--site", choices=SITES, default=defaults.get("site", "block"),
+                   help="block: each block's image-token output (residual stream); attn: its image-token attention "
+                        "output before gating and residual (the paper's measurement point)")
+    p.add_argument("--rows", choices=ROWS, default="cond",
+                   help="with CFG: compare the conditional rows (cond) or average over [uncond, cond] (all, upstream)")
+    p.add_argument("--preset", choices=["paper"], default=None,
+                   help="paper: upstream's computation (--site attn --rows all --trajectory independent); analyse the "
+                        "file with visualize.py --preset paper")
     p.add_argument("--save-activations", default="", metavar="LAYERS",
                    help="also save raw image-token outputs of these layers, e.g. '5,s12'")
     p.add_argument("--save-steps", type=int_list, default=[-1],
@@ -111,6 +119,8 @@ def capture_parser(doc: str, **defaults) -> argparse.ArgumentParser:
 def run_capture_command(args: argparse.Namespace, family: str | None = None) -> Path:
     """Validate the flags, load the model and pairs, capture, and print where the file is."""
     require_positive(args, "pairs", "steps", "height", "width", "max_sequence_length")
+    if args.preset == "paper":
+        args.site, args.rows, args.trajectory = "attn", "all", "independent"
     pairs = prompts_from_args(load_pairs, args, args.pairs)
     pipe = load_from_args(args, family)
     adapter = adapter_for(pipe, guidance=args.guidance)
@@ -129,6 +139,8 @@ def run_capture_command(args: argparse.Namespace, family: str | None = None) -> 
         guidance=args.guidance,
         max_sequence_length=args.max_sequence_length,
         trajectory=args.trajectory,
+        site=args.site,
+        rows=args.rows,
         save_layers=tuple(save_layers),
         save_steps=resolve_steps(args.save_steps, args.steps) if save_layers else (),
     )
@@ -164,6 +176,8 @@ def grid_parser(doc: str, **d) -> argparse.ArgumentParser:
     p.add_argument("--slg-start", type=float, default=SLG_START, help="slg (diffusers SLG) window start")
     p.add_argument("--slg-stop", type=float, default=SLG_STOP, help="slg (diffusers SLG) window stop")
     p.add_argument("--scfg-layers", nargs="+", default=None, help="blocks whose attention S-CFG records (default: middle third)")
+    p.add_argument("--scfg-reference", action="store_true",
+                   help="S-CFG as its reference code computes it (default: as the paper describes it; README, Baselines)")
     p.add_argument("--concept-scales", type=float_list, default=[7.5], help="ConceptDiffusion guidance scales w_g")
     p.add_argument("--pag-scales", type=float_list, default=[3.0], help="pag: perturbed-attention guidance scales s")
     p.add_argument("--pag-layers", nargs="+", default=None,
@@ -225,6 +239,7 @@ def run_grid_command(args: argparse.Namespace, family: str | None = None, defaul
                 cslg_start=args.cslg_start, cslg_stop=args.cslg_stop,
                 slg_layers=tuple(parse_layer_list(args.slg_layers)), slg_start=args.slg_start, slg_stop=args.slg_stop,
                 scfg_layers=tuple(parse_layer_list(args.scfg_layers)) if args.scfg_layers else None,
+                scfg_reference=args.scfg_reference,
                 concept_scales=tuple(args.concept_scales), pag_scales=tuple(args.pag_scales),
                 pag_layers=tuple(parse_layer_list(args.pag_layers)) if args.pag_layers else
                 (None if explicit else pag_default or None),
@@ -278,7 +293,9 @@ def eval_parser(doc: str, engine: str, n_bootstrap: int, bootstrap_seed: int, ou
     source.add_argument("--images", type=Path, metavar="DIR", help="plain folder of images (needs --prompts)")
     parser.add_argument("--prompts", type=Path, metavar="FILE", help="generation prompt file for --images")
     parser.add_argument("--out", type=Path, metavar="DIR", help=f"output folder (default: <run|images>/{out_subdir})")
-    parser.add_argument("--engine", choices=sorted(ENGINES), default=engine, help="OCR engine")
+    parser.add_argument("--engine", choices=[*ENGINES, ALL_ENGINES], default=engine,
+                        help=f"OCR engine (default: %(default)s); {ALL_ENGINES}: score with every engine and "
+                             "write their per-image agreement (agreement.csv) and its means in summary.csv")
     parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
                         help="run OCR on the GPU (default: when CUDA is available)")
     parser.add_argument("--bootstrap", type=int, default=n_bootstrap, metavar="N",
@@ -308,10 +325,10 @@ def run_eval_command(args: argparse.Namespace) -> EvalResult:
             records = load_manifest(args.run)
         else:
             records = records_from_images(args.images, args.prompts, exclude=[out_dir])
-        engine = get_engine(args.engine, gpu=args.gpu)
+        engines = [get_engine(name, gpu=args.gpu) for name in engine_names(args.engine)]
     except (FileNotFoundError, ImportError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    result = evaluate(records, base_dir, out_dir, engine, n_bootstrap=args.bootstrap, seed=args.seed, force=args.force)
+    result = evaluate(records, base_dir, out_dir, engines, n_bootstrap=args.bootstrap, seed=args.seed, force=args.force)
 
     print(format_summary(result.summary))
     n_errors = sum(s["n_errors"] for s in result.summary)
@@ -321,24 +338,31 @@ def run_eval_command(args: argparse.Namespace) -> EvalResult:
     return result
 
 
-def analyse_parser(doc: str, out: str, metric: str, step: str, top_k: int, dpi: int, ylim: float | None
-                   ) -> argparse.ArgumentParser:
+def analyse_parser(doc: str, out: str, metric: str, step: str, top_k: int, dpi: int, ylim: float | None,
+                   baseline: str = "input") -> argparse.ArgumentParser:
     """Flags of step 2 (contrastive analysis); the arguments are the script's constants."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("captures", nargs="+", help="capture files (.safetensors) of the same model")
     p.add_argument("--out", default=out, help="output folder for layers.json and the figures")
     p.add_argument("--metric", choices=METRICS, default=metric)
+    p.add_argument("--baseline", choices=BASELINES, default=baseline,
+                   help="s_{-1} of the first block: 'input', the similarity of the image tokens entering it (the drift "
+                        "of the two trajectories is not charged to block 0), or 'one' (the paper)")
     p.add_argument("--step", default=step, help="'all' (mean over steps) or a step index (-1 = last)")
     p.add_argument("--top-k", type=int, default=top_k, help="how many layers to suggest")
     p.add_argument("--title", default=None, help="model name for the figure titles (default: from the capture)")
     p.add_argument("--dpi", type=int, default=dpi)
     p.add_argument("--ylim", type=float, default=ylim, help="symmetric y-range of the per-layer figure")
+    p.add_argument("--preset", choices=["paper"], default=None,
+                   help="paper: upstream's analysis (--metric difference --baseline one --step -1)")
     return p
 
 
 def run_analyse_command(p: argparse.ArgumentParser, argv=None) -> Path:
     """Parse ``argv`` with ``p``, rank the layers of the captures and write layers.json and the figures."""
     args = p.parse_args(argv)
+    if args.preset == "paper":
+        args.metric, args.baseline, args.step = "difference", "one", "-1"
     if args.step != "all":
         try:
             args.step = int(args.step)
@@ -347,9 +371,12 @@ def run_analyse_command(p: argparse.ArgumentParser, argv=None) -> Path:
     if args.top_k < 1:
         p.error("--top-k must be at least 1")
     step = None if args.step == "all" else args.step
-    result = analyse([load_capture(path) for path in args.captures], args.out, args.metric, step, args.top_k,
-                     args.title, args.dpi, args.ylim)
-    when = "mean over steps" if step is None else f"step {step}"
+    try:
+        result = analyse([load_capture(path) for path in args.captures], args.out, args.metric, step, args.top_k,
+                         args.title, args.dpi, args.ylim, args.baseline)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    when = ("mean over steps" if step is None else f"step {step}") + f", baseline {args.baseline}"
     print(f"top-{result['top_k']} layers ({args.metric}, {when}): {', '.join(result['suggested'])}")
     print(f"wrote {result['path']}\n      " + "\n      ".join(result["figures"]))
     return Path(result["path"])

@@ -2,24 +2,35 @@
 
 Input: a run folder's ``manifest.jsonl`` (see ``load_manifest``) and its images, or a plain
 folder of images plus a generation prompt file (see ``records_from_images``). ``evaluate``
-writes to its output folder:
+reads every image with one OCR engine or several (``cslg.ocr.ENGINES``) and writes to its
+output folder:
 
-- ``per_image.csv``: one row per image: image, model, method, seed, setting, the params as
-  ``param.<key>`` columns, prompt, expected text (joined by `` | ``), OCR engine and text,
-  every metric of ``cslg.metrics.METRICS``, and ``error`` (empty when the image was scored).
-- ``summary.csv``: one row per model, method and setting (the params minus per-image ones
-  such as the seed): a short ``label`` (the method and the params that differ between its
-  settings), the setting's ``param.<key>`` columns, ``n`` scored images, ``n_errors``, and
-  ``<metric>_mean``, ``_lo``, ``_hi`` (mean and 95% bootstrap CI over the scored images).
+- ``per_image.csv``: one row per image and engine (engine by engine): image, model, method,
+  seed, setting, the params as ``param.<key>`` columns, prompt, expected text (joined by
+  `` | ``), ``engine``, OCR text, every metric of ``cslg.metrics.METRICS``, and ``error``
+  (empty when the image was scored).
+- ``summary.csv``: one row per engine, model, method and setting (the params minus per-image
+  ones such as the seed): the engine, a short ``label`` (the method and the params that differ
+  between its settings, `` [engine]`` appended when there are several engines), the setting's
+  ``param.<key>`` columns, ``n`` scored images, ``n_errors``, ``<metric>_mean``, ``_lo``,
+  ``_hi`` (mean and 95% bootstrap CI over the scored images), and ``word_f_measure``, ``_lo``,
+  ``_hi`` (MARIO-Eval's F-measure of the mean word precision and recall, with its CI). With
+  several engines also ``text_agreement_*`` and ``exact_match_agreement_*``: the setting's
+  mean per-image agreement (below) with its CI, the same on each engine's row.
+- ``agreement.csv`` (several engines only): one row per image: the record columns, each
+  engine's ``ocr_text.<engine>``, ``exact_match.<engine>`` and ``ocr_similarity.<engine>``,
+  ``text_agreement`` (SequenceMatcher ratio between the engines' texts) and
+  ``exact_match_agreement`` (1 when the engines' exact_match verdicts are the same).
 - ``per_prompt.csv``: mean ocr_similarity per prompt (rows) and method/setting label (columns).
 - ``methods_bar.png``: ocr_similarity and word_f1 per method/setting with CI error bars.
-- ``heatmap_cfg_x_cslg.png``: mean ocr_similarity over cfg_scale x cslg_scale, drawn when both
-  params are present and each takes several values.
+- ``heatmap_cfg_x_cslg.png``: mean ocr_similarity (first engine) over cfg_scale x cslg_scale,
+  drawn when both params are present and each takes several values.
 
-OCR is resumable: an image that already has an error-free row from the same engine in
-``per_image.csv`` keeps its OCR text (metrics are recomputed) unless ``force``; the file is
-rewritten atomically every ``SAVE_EVERY`` images and when the run stops. A missing or
-unreadable image, or a prompt without expected text, gives an error row and the run goes on.
+OCR is resumable, engine by engine: an image that already has an error-free row from the same
+engine in ``per_image.csv`` keeps its OCR text (metrics are recomputed) unless ``force``; the
+file is rewritten atomically every ``SAVE_EVERY`` images and when the run stops, with the rows
+of this run's engines only. A missing or unreadable image, or a prompt without expected text,
+gives an error row and the run goes on.
 """
 
 from __future__ import annotations
@@ -30,7 +41,7 @@ import math
 import os
 import re
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -40,7 +51,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .io import atomic_write, read_jsonl
-from .metrics import METRICS, bootstrap_ci, score
+from .metrics import METRICS, bootstrap_ci, bootstrap_f_measure, score, text_agreement, verdict_agreement
 from .ocr import OCREngine
 from .prompts import load_generation_prompts
 from .text import extract_quoted, normalize_text, prompt_slug
@@ -49,6 +60,7 @@ MANIFEST = "manifest.jsonl"
 PER_IMAGE_CSV = "per_image.csv"
 SUMMARY_CSV = "summary.csv"
 PER_PROMPT_CSV = "per_prompt.csv"
+AGREEMENT_CSV = "agreement.csv"
 METHODS_BAR_PNG = "methods_bar.png"
 HEATMAP_PNG = "heatmap_cfg_x_cslg.png"
 
@@ -56,6 +68,12 @@ REQUIRED_KEYS = ("image", "prompt", "method")
 # Params that vary per image, not per setting (matched on the last component of a flattened key).
 PER_IMAGE_PARAMS = frozenset({"seed", "index", "prompt_index", "prompt", "image", "expected_text"})
 BAR_METRICS = ("ocr_similarity", "word_f1")
+# Summary column of MARIO-Eval's F-measure: f_measure of the mean word precision and recall.
+MARIO_F_MEASURE = "word_f_measure"
+# Per-image agreement between engines (agreement.csv, and their means in summary.csv).
+AGREEMENT = ("text_agreement", "exact_match_agreement")
+# Per-engine columns of agreement.csv, as ``<column>.<engine>``.
+AGREEMENT_COLUMNS = ("ocr_text", "exact_match", "ocr_similarity")
 HEATMAP_ROWS, HEATMAP_COLS = "cfg_scale", "cslg_scale"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SAVE_EVERY = 10
@@ -203,44 +221,60 @@ def ocr_images(
     records: Sequence[dict],
     base_dir: str | os.PathLike,
     per_image_csv: str | os.PathLike,
-    engine: OCREngine,
+    engine: OCREngine | Sequence[OCREngine],
     force: bool = False,
     save_every: int = SAVE_EVERY,
 ) -> list[dict]:
-    """OCR and score every record's image (paths relative to ``base_dir``), resuming from
-    ``per_image_csv`` (see the module docstring); returns the rows in record order."""
+    """OCR and score every record's image (paths relative to ``base_dir``) with each engine,
+    resuming each engine from its own rows in ``per_image_csv`` (see the module docstring);
+    returns the rows engine by engine, each in record order."""
+    engines = _engine_list(engine)
     base_dir, per_image_csv = Path(base_dir), Path(per_image_csv)
-    cache = {} if force else _cached_ocr_texts(per_image_csv, engine.name)
     param_keys = sorted({key for r in records for key in flatten_params(r.get("params") or {})})
     columns = ["image", "model", "method", "seed", "setting", *[f"param.{k}" for k in param_keys]]
     columns += ["prompt", "expected_text", "engine", "ocr_text", *METRICS, "error"]
-    rows: dict[str, dict] = {}
-    pending = []
-    for record in records:
-        expected = expected_text(record)
-        if not expected:
-            rows[record["image"]] = _row(record, expected, engine.name, error=NO_EXPECTED_TEXT)
-        elif record["image"] in cache:
-            rows[record["image"]] = _row(record, expected, engine.name, ocr_text=cache[record["image"]])
-        else:
-            pending.append((record, expected))
-
-    def save() -> None:
-        write_csv(per_image_csv, [rows[r["image"]] for r in records if r["image"] in rows], columns)
-
-    try:
-        for done, (record, expected) in enumerate(tqdm(pending, desc=f"OCR ({engine.name})", unit="image"), 1):
-            path = base_dir / record["image"]
-            problem = _image_problem(path)
-            if problem:
-                rows[record["image"]] = _row(record, expected, engine.name, error=problem)
+    rows: dict[tuple[str, str], dict] = {}  # (engine, image) -> row
+    pending: dict[str, list] = {}
+    for eng in engines:
+        cache = {} if force else _cached_ocr_texts(per_image_csv, eng.name)
+        pending[eng.name] = []
+        for record in records:
+            expected = expected_text(record)
+            if not expected:
+                rows[eng.name, record["image"]] = _row(record, expected, eng.name, error=NO_EXPECTED_TEXT)
+            elif record["image"] in cache:
+                rows[eng.name, record["image"]] = _row(record, expected, eng.name, ocr_text=cache[record["image"]])
             else:
-                rows[record["image"]] = _row(record, expected, engine.name, ocr_text=engine.read(path))
-            if done % save_every == 0:
-                save()
+                pending[eng.name].append((record, expected))
+
+    def ordered() -> list[dict]:
+        return [rows[e.name, r["image"]] for e in engines for r in records if (e.name, r["image"]) in rows]
+
+    done = 0
+    try:
+        for eng in engines:
+            for record, expected in tqdm(pending[eng.name], desc=f"OCR ({eng.name})", unit="image"):
+                path = base_dir / record["image"]
+                problem = _image_problem(path)
+                if problem:
+                    rows[eng.name, record["image"]] = _row(record, expected, eng.name, error=problem)
+                else:
+                    rows[eng.name, record["image"]] = _row(record, expected, eng.name, ocr_text=eng.read(path))
+                done += 1
+                if done % save_every == 0:
+                    write_csv(per_image_csv, ordered(), columns)
     finally:
-        save()
-    return [rows[r["image"]] for r in records]
+        write_csv(per_image_csv, ordered(), columns)
+    return ordered()
+
+
+def _engine_list(engine: OCREngine | Sequence[OCREngine]) -> list[OCREngine]:
+    """One engine or several as a list; several must have distinct names (the rows' key)."""
+    engines = list(engine) if isinstance(engine, (list, tuple)) else [engine]
+    names = [e.name for e in engines]
+    if not engines or len(set(names)) < len(names):
+        raise ValueError(f"need one or more OCR engines with distinct names, got {names}")
+    return engines
 
 
 def _cached_ocr_texts(per_image_csv: Path, engine_name: str) -> dict[str, str]:
@@ -290,31 +324,73 @@ def _row(record: dict, expected: list[str], engine_name: str, ocr_text: str | No
 
 
 def summarize(rows: Sequence[dict], n_bootstrap: int = 1000, seed: int = 0) -> list[dict]:
-    """One summary.csv row per (model, method, setting), in order of first appearance."""
+    """One summary.csv row per (engine, model, method, setting), in order of first appearance;
+    with several engines, each row also carries that setting's engine agreement."""
     settings = {_group_key(row): _setting_of(row) for row in rows}
     setting_keys = sorted({key for setting in settings.values() for key in setting})
-    labels = _labels(rows)
+    labels = _engine_labels(rows)
+    agreed = _groups(agreement(rows)) if len(_engine_names(rows)) > 1 else {}
     summary = []
-    for key, members in _groups(rows).items():
+    for (engine, *key), members in _groups(rows, by_engine=True).items():
+        key = tuple(key)
         scored = [r for r in members if not r["error"]]
-        out: dict[str, Any] = {"model": key[0], "method": key[1], "label": labels[key], "setting": key[2]}
+        out: dict[str, Any] = {"engine": engine, "model": key[0], "method": key[1],
+                               "label": labels[(engine, *key)], "setting": key[2]}
         out.update({f"param.{k}": settings[key].get(k) for k in setting_keys})
         out.update(n=len(scored), n_errors=len(members) - len(scored))
         for metric in METRICS:
-            stats = bootstrap_ci([r[metric] for r in scored], n_bootstrap, seed)
-            out.update({f"{metric}_{stat}": round(v, 4) for stat, v in zip(("mean", "lo", "hi"), stats)})
+            out.update(_stats(metric, bootstrap_ci([r[metric] for r in scored], n_bootstrap, seed)))
+        precision, recall = ([r[m] for r in scored] for m in ("word_precision", "word_recall"))
+        out.update(_stats(MARIO_F_MEASURE, bootstrap_f_measure(precision, recall, n_bootstrap, seed), mean=""))
+        if agreed:
+            both = [a for a in agreed.get(key, []) if not a["error"]]
+            for measure in AGREEMENT:
+                out.update(_stats(measure, bootstrap_ci([a[measure] for a in both], n_bootstrap, seed)))
         summary.append(out)
     return summary
 
 
+def _stats(name: str, stats: tuple[float, float, float], mean: str = "_mean") -> dict[str, float]:
+    """``{name_mean, name_lo, name_hi}`` (``mean`` is the first column's suffix), rounded to 4 places."""
+    return {f"{name}{suffix}": round(v, 4) for suffix, v in zip((mean, "_lo", "_hi"), stats)}
+
+
+def agreement(rows: Sequence[dict]) -> list[dict]:
+    """One agreement.csv row per image scored by several engines: the image's record columns,
+    each engine's ``ocr_text``, ``exact_match`` and ``ocr_similarity`` (``<column>.<engine>``),
+    ``text_agreement`` (SequenceMatcher ratio between the engines' texts, mean over pairs) and
+    ``exact_match_agreement`` (1 when every engine's exact_match is the same), in record order;
+    ``error`` names the engines that could not score the image (then no agreement)."""
+    engines = _engine_names(rows)
+    by_image: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        by_image.setdefault(row["image"], {})[row["engine"]] = row
+    out = []
+    for image, per_engine in by_image.items():
+        first = next(iter(per_engine.values()))
+        row = {k: v for k, v in first.items() if k not in ("engine", "ocr_text", "error", *METRICS)}
+        for engine in engines:
+            r = per_engine.get(engine, {})
+            row.update({f"{col}.{engine}": r.get(col) for col in AGREEMENT_COLUMNS})
+        failed = {e: per_engine[e]["error"] if e in per_engine else "no row" for e in engines}
+        failed = {e: error for e, error in failed.items() if error}
+        row["error"] = "; ".join(f"{e}: {error}" for e, error in failed.items())
+        if not failed:
+            row["text_agreement"] = text_agreement([per_engine[e]["ocr_text"] for e in engines])
+            row["exact_match_agreement"] = verdict_agreement([per_engine[e]["exact_match"] for e in engines])
+        out.append(row)
+    return out
+
+
 def per_prompt(rows: Sequence[dict]) -> list[dict]:
-    """One per_prompt.csv row per prompt: mean ocr_similarity under each method/setting label."""
-    labels = _labels(rows)
+    """One per_prompt.csv row per prompt: mean ocr_similarity under each method/setting label
+    (and engine, when there are several)."""
+    labels = _engine_labels(rows)
     values: dict[str, dict[str, list[float]]] = {}
     for row in rows:
         by_label = values.setdefault(row["prompt"], {label: [] for label in labels.values()})
         if not row["error"]:
-            by_label[labels[_group_key(row)]].append(row["ocr_similarity"])
+            by_label[labels[_engine_key(row)]].append(row["ocr_similarity"])
     expected = {row["prompt"]: row["expected_text"] for row in rows}
     return [
         {
@@ -327,12 +403,18 @@ def per_prompt(rows: Sequence[dict]) -> list[dict]:
 
 
 def format_summary(summary: Sequence[dict]) -> str:
-    """A short text table of the summary: n, errors, ocr_similarity with CI, word_f1."""
+    """A short text table of the summary: n, errors, ocr_similarity with CI, word_f1, and the
+    engines' agreement when there is one."""
     width = max(len(s["label"]) for s in summary)
     return "\n".join(
         f"{s['label']:<{width}}  n={s['n']:<4} errors={s['n_errors']:<3} "
         f"ocr_similarity {s['ocr_similarity_mean']:.3f} [{s['ocr_similarity_lo']:.3f}, {s['ocr_similarity_hi']:.3f}]  "
         f"word_f1 {s['word_f1_mean']:.3f}"
+        + (
+            f"  engines agree: text {s['text_agreement_mean']:.3f}, exact_match {s['exact_match_agreement_mean']:.3f}"
+            if "text_agreement_mean" in s
+            else ""
+        )
         for s in summary
     )
 
@@ -359,11 +441,27 @@ def _group_key(row: dict) -> tuple[str, str, str]:
     return row["model"], row["method"], row["setting"]
 
 
-def _groups(rows: Iterable[dict]) -> dict[tuple[str, str, str], list[dict]]:
-    groups: dict[tuple[str, str, str], list[dict]] = {}
+def _engine_key(row: dict) -> tuple[str, str, str, str]:
+    return row["engine"], *_group_key(row)
+
+
+def _groups(rows: Iterable[dict], by_engine: bool = False) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault(_group_key(row), []).append(row)
+        groups.setdefault(_engine_key(row) if by_engine else _group_key(row), []).append(row)
     return groups
+
+
+def _engine_names(rows: Iterable[dict]) -> list[str]:
+    return list(dict.fromkeys(row["engine"] for row in rows))
+
+
+def _engine_labels(rows: Sequence[dict]) -> dict[tuple[str, str, str, str], str]:
+    """(engine, model, method, setting) -> ``_labels``' label, followed by `` [engine]`` when the
+    rows come from several engines."""
+    labels = _labels(rows)
+    several = len(_engine_names(rows)) > 1
+    return {key: labels[key[1:]] + (f" [{key[0]}]" if several else "") for key in map(_engine_key, rows)}
 
 
 def _labels(rows: Iterable[dict]) -> dict[tuple[str, str, str], str]:
@@ -455,25 +553,29 @@ def _as_float(value: Any) -> float | None:
 
 @dataclass
 class EvalResult:
-    """What ``evaluate`` computed: per-image rows, summary rows and the files written (name -> path)."""
+    """What ``evaluate`` computed: per-image rows, summary rows, the files written (name -> path)
+    and, with several engines, the per-image agreement rows."""
 
     rows: list[dict]
     summary: list[dict]
     files: dict[str, Path]
+    agreement: list[dict] = field(default_factory=list)
 
 
 def evaluate(
     records: Sequence[dict],
     base_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
-    engine: OCREngine,
+    engine: OCREngine | Sequence[OCREngine],
     n_bootstrap: int = 1000,
     seed: int = 0,
     force: bool = False,
 ) -> EvalResult:
-    """OCR, score and tabulate ``records`` (images relative to ``base_dir``) into ``out_dir``."""
+    """OCR, score and tabulate ``records`` (images relative to ``base_dir``) into ``out_dir``
+    with one engine or several (a list: the first one's scores draw the heatmap)."""
+    engines = _engine_list(engine)
     out_dir = Path(out_dir)
-    rows = ocr_images(records, base_dir, out_dir / PER_IMAGE_CSV, engine, force=force)
+    rows = ocr_images(records, base_dir, out_dir / PER_IMAGE_CSV, engines, force=force)
     summary = summarize(rows, n_bootstrap, seed)
     files = {
         "per_image": out_dir / PER_IMAGE_CSV,
@@ -481,9 +583,14 @@ def evaluate(
         "per_prompt": write_csv(out_dir / PER_PROMPT_CSV, per_prompt(rows)),
         "methods_bar": plot_methods(summary, out_dir / METHODS_BAR_PNG),
     }
+    agreed = agreement(rows) if len(engines) > 1 else []
+    if agreed:
+        files["agreement"] = write_csv(out_dir / AGREEMENT_CSV, agreed)
+    else:
+        (out_dir / AGREEMENT_CSV).unlink(missing_ok=True)  # a stale one from an earlier run would mislead
     heatmap = out_dir / HEATMAP_PNG
-    if plot_heatmap(rows, heatmap):
+    if plot_heatmap([row for row in rows if row["engine"] == engines[0].name], heatmap):
         files["heatmap"] = heatmap
     else:
-        heatmap.unlink(missing_ok=True)  # a stale one from an earlier run would mislead
-    return EvalResult(rows, summary, files)
+        heatmap.unlink(missing_ok=True)
+    return EvalResult(rows, summary, files, agreed)

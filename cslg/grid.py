@@ -32,8 +32,8 @@ from .io import (
     remove_stale_temps,
 )
 from .methods import REGISTRY, Method, Request
-from .methods.base import LAYER_COMBINATIONS, check_scale
-from .methods.cslg import SLG_LAYERS, SLG_SCALE, SLG_START, SLG_STOP
+from .methods.base import check_scale
+from .options import LAYER_COMBINATIONS, SLG_LAYERS, SLG_SCALE, SLG_START, SLG_STOP
 from .prompts import GenerationPrompt
 from .provenance import versions
 from .sampling import DegenerateMethodWarning, sample

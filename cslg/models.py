@@ -8,9 +8,9 @@ import torch
 from diffusers import DiffusionPipeline
 
 from .families import adapter_class
-from .tiny import TINY_PRESETS, build_tiny
+from .options import OFFLOAD_MODES, TINY_PRESETS
+from .tiny import build_tiny
 
-OFFLOAD_MODES = ("none", "model", "sequential")
 
 
 def default_device() -> torch.device:

@@ -24,6 +24,7 @@ from .grid import ImageSettings, enumerate_groups, run_grid
 from .io import atomic_write_text
 from .methods import CFG, SLG, NoGuidance
 from .ocr import get_engine
+from .options import SLG_SCALE, SLG_START, SLG_STOP  # diffusers' defaults, which upstream kept
 from .prompts import load_generation_prompts
 
 MODEL = "stabilityai/stable-diffusion-3-medium-diffusers"
@@ -33,8 +34,6 @@ STEPS = 28
 SIZE = 1024
 MAX_SEQUENCE_LENGTH = 256
 CFG_SCALE = 7.0
-SLG_SCALE = 2.8  # diffusers' default, which upstream kept
-SLG_START, SLG_STOP = 0.01, 0.2
 UPSTREAM_SETS = "9;12;9,12"
 OFFSET = 5  # upstream's analysis index + 5 = the block it meant
 # Upstream's reported means (SD3-medium, mean OCR similarity over 10 prompts x 5 seeds).

@@ -51,7 +51,7 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-TINY_PRESETS = ("tiny-flux", "tiny-sd3", "tiny-sd35", "tiny-qwenimage", "tiny-pixart-sigma")
+from .options import TINY_PRESETS
 
 # Printable ASCII plus the curly quotes the prompt files use; other characters map to <unk>.
 _T5_CHARS = [chr(c) for c in range(33, 127)] + list("‘’“”")

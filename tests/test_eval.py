@@ -275,3 +275,108 @@ def test_cli_needs_prompts_with_images(tmp_path, eval_script):
 def test_cli_reports_a_missing_manifest_without_traceback(tmp_path, eval_script):
     with pytest.raises(SystemExit, match=r"error: no manifest at .*manifest\.jsonl"):
         eval_script.main(["--run", str(tmp_path)])
+
+
+# --------------------------------------------------------------------------- several engines
+
+
+def two_engines(fail_on_call=None):
+    """"exact" reads every image right (COFFEE TIME with "!!"); "sloppy" reads HELLO as HELLX."""
+    exact = FakeEngine("exact", reply=lambda path: "HELLO" if "hello" in Path(path).name else "COFFEE TIME!!")
+    sloppy = FakeEngine("sloppy", reply=lambda path: "HELLX" if "hello" in Path(path).name else "COFFEE TIME",
+                        fail_on_call=fail_on_call)
+    return exact, sloppy
+
+
+def test_several_engines_write_rows_per_engine_and_their_agreement(tmp_path):
+    run = tmp_path / "run"
+    make_run(run, lambda method, prompt: "unused", methods=("cfg",), missing={f"cfg/{prompt_slug(PROMPTS[1])}_seed1.png"})
+    result = evaluate(load_manifest(run), run, run / "eval", list(two_engines()), n_bootstrap=50)
+
+    per_image = read_csv(run / "eval" / "per_image.csv")
+    assert [row["engine"] for row in per_image] == ["exact"] * 4 + ["sloppy"] * 4
+    assert [row["image"] for row in per_image[:4]] == [row["image"] for row in per_image[4:]]
+
+    agreement = read_csv(result.files["agreement"])  # hello seed0, coffee seed0, hello seed1, missing coffee
+    assert [row["ocr_text.sloppy"] for row in agreement] == ["HELLX", "COFFEE TIME", "HELLX", ""]
+    assert [row["exact_match.exact"] for row in agreement] == ["1.0", "1.0", "1.0", ""]
+    # SequenceMatcher ratios: "hello"~"hellx" 2·4/10, "coffee time!!"~"coffee time" 2·11/24; the
+    # exact_match verdicts differ on HELLX and agree on COFFEE TIME (punctuation is not a word).
+    texts = [float(row["text_agreement"]) for row in agreement[:3]]
+    assert texts == pytest.approx([0.8, 22 / 24, 0.8]) and agreement[3]["text_agreement"] == ""
+    assert [row["exact_match_agreement"] for row in agreement] == ["0.0", "1.0", "0.0", ""]
+    assert agreement[3]["error"].startswith("exact: missing image") and "sloppy: missing image" in agreement[3]["error"]
+
+    summary = {row["engine"]: row for row in read_csv(run / "eval" / "summary.csv")}
+    assert [s["label"] for s in result.summary] == ["cfg [exact]", "cfg [sloppy]"]
+    for row in summary.values():  # the same agreement on each engine's row: mean over the 3 scored images
+        assert float(row["text_agreement_mean"]) == pytest.approx((0.8 + 22 / 24 + 0.8) / 3, abs=1e-4)
+        assert float(row["exact_match_agreement_mean"]) == pytest.approx(1 / 3, abs=1e-4)
+        assert row["n"] == "3"
+    assert float(summary["exact"]["exact_match_mean"]) == 1.0
+    assert float(summary["sloppy"]["exact_match_mean"]) == pytest.approx(1 / 3, abs=1e-4)
+    assert list(read_csv(run / "eval" / "per_prompt.csv")[0])[2:] == ["cfg [exact]", "cfg [sloppy]"]
+    assert "engines agree: text 0.839, exact_match 0.333" in evaluation.format_summary(result.summary)
+
+    # One engine again: no agreement file or columns, the rows of the other engine are dropped.
+    single = evaluate(load_manifest(run), run, run / "eval", FakeEngine("exact"), n_bootstrap=0)
+    assert "agreement" not in single.files and not (run / "eval" / "agreement.csv").exists()
+    assert "text_agreement_mean" not in single.summary[0] and single.summary[0]["label"] == "cfg"
+    assert {row["engine"] for row in read_csv(run / "eval" / "per_image.csv")} == {"exact"}
+
+
+def test_several_engines_resume_each_engine(tmp_path):
+    run = tmp_path / "run"
+    make_run(run, lambda method, prompt: "unused", methods=("cfg",), seeds=(0, 1, 2))
+    with pytest.raises(KeyboardInterrupt):  # the second engine stops at its third image
+        evaluate(load_manifest(run), run, run / "eval", list(two_engines(fail_on_call=3)))
+    assert [row["engine"] for row in read_csv(run / "eval" / "per_image.csv")] == ["exact"] * 6 + ["sloppy"] * 2
+
+    exact, sloppy = two_engines()
+    result = evaluate(load_manifest(run), run, run / "eval", [exact, sloppy])
+    assert (len(exact.calls), len(sloppy.calls)) == (0, 4)
+    assert len(result.rows) == 12 and len(result.agreement) == 6
+
+
+def test_engines_need_distinct_names(tmp_path):
+    with pytest.raises(ValueError, match="distinct names"):
+        evaluate([], tmp_path, tmp_path / "eval", [FakeEngine("a"), FakeEngine("a")])
+
+
+def test_summary_has_mario_f_measure_of_mean_precision_and_recall(tmp_path):
+    # Image 1 reads "HELLO extra": P 1/2, R 1 (F1 2/3); image 2 reads "COFFEE": P 1, R 1/2 (F1 2/3).
+    # MARIO-Eval: mean P = mean R = 3/4, F = 3/4, while the mean per-image F1 is 2/3.
+    records = []
+    for name, prompt in (("a.png", PROMPTS[0]), ("b.png", PROMPTS[1])):
+        render_text("x").save(tmp_path / name)
+        records.append({"image": name, "prompt": prompt, "method": "m"})
+    replies = {"a.png": "HELLO extra", "b.png": "COFFEE"}
+    result = evaluate(records, tmp_path, tmp_path / "eval", FakeEngine(reply=lambda path: replies[Path(path).name]))
+    summary = result.summary[0]
+    assert summary["word_f1_mean"] == pytest.approx(2 / 3, abs=1e-4)
+    assert summary["word_f_measure"] == 0.75
+    assert summary["word_f_measure_lo"] <= 0.75 <= summary["word_f_measure_hi"]
+    assert summary["sentence_accuracy_mean"] == 0.0
+
+
+def test_cli_engine_all_scores_with_both_real_engines(tmp_path, eval_script):
+    images = tmp_path / "images"
+    images.mkdir()
+    (tmp_path / "prompts.json").write_text(json.dumps(["a sign 'OPEN'", "a sign 'SWEET TOOTH'"]))
+    render_text("OPEN").save(images / "0000.png")
+    render_text("SWEET TOOTH").save(images / "0001.png")
+    result = eval_script.main(["--images", str(images), "--prompts", str(tmp_path / "prompts.json"),
+                               "--engine", "all", "--no-gpu", "--bootstrap", "50"])
+    assert [row["engine"] for row in result.rows] == ["easyocr", "easyocr", "ppocr", "ppocr"]
+    assert all(row["exact_match"] == 1.0 for row in result.rows)
+    assert [row["exact_match_agreement"] for row in result.agreement] == [1.0, 1.0]
+    assert all(row["text_agreement"] >= 0.9 for row in result.agreement)
+    assert (images / "eval" / "agreement.csv").is_file()
+
+
+def test_cli_engine_choices():
+    parser = cslg.cli.eval_parser("doc", "easyocr", 10, 0, "eval")
+    assert parser.parse_args(["--run", "x"]).engine == "easyocr"
+    assert parser.parse_args(["--run", "x", "--engine", "all"]).engine == "all"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--run", "x", "--engine", "tesseract"])

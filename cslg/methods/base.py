@@ -9,20 +9,17 @@ method: ``v = u + w (c - u) + s (c - c_perturbed)``; with ``w = 1`` no unconditi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
-
 import itertools
 import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
 from ..attention import AttentionMaps, AttentionSink
 from ..executor import Pass
 from ..families.base import Adapter, LatentLayout, TextRoles
-
-
-LAYER_COMBINATIONS = ("given", "all")
+from ..options import LAYER_COMBINATIONS
 
 
 # Pure formulas ---------------------------------------------------------------------------------------

@@ -6,13 +6,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..executor import SKIP, Pass
+from ..options import SLG_LAYERS, SLG_SCALE, SLG_START, SLG_STOP
 from .base import Method, Step, canonical_layers, cfg, check_scale, check_window, in_window, layer_sets, step_window, perturbation_term, weighted_mean
 
-# diffusers' StableDiffusion3Pipeline defaults for skip-layer guidance (SD3.5-medium recipe).
-SLG_LAYERS = ("7", "8", "9")
-SLG_SCALE = 2.8
-SLG_START = 0.01
-SLG_STOP = 0.2
 
 
 @dataclass(frozen=True)
