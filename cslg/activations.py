@@ -67,10 +67,20 @@ def read_metadata(path: str | os.PathLike) -> dict:
 def load_capture(path: str | os.PathLike) -> Capture:
     """Load a capture file written by the LayerExperiment scripts."""
     meta = read_metadata(path)
-    with safe_open(str(path), framework="pt") as f:
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for truncated data
+        raise ValueError(f"{path}: the tensors cannot be read ({e}); the file is truncated or corrupt") from None
     if "cosine" not in tensors:
         raise ValueError(f"{path}: capture file has no 'cosine' tensor")
+    cosine, names = tensors["cosine"], meta.get("layer_names")
+    if cosine.ndim != 3:
+        raise ValueError(f"{path}: 'cosine' has shape {tuple(cosine.shape)}, expected [pairs, steps, layers]")
+    if not (isinstance(names, list) and len(names) == cosine.shape[-1] and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{path}: metadata 'layer_names' must list the {cosine.shape[-1]} layers of 'cosine'")
+    if not torch.isfinite(cosine).all():
+        raise ValueError(f"{path}: 'cosine' holds NaN or infinite values (a capture with non-finite settings?)")
     prefix = "activations."
     return Capture(
         path=Path(path),

@@ -1,27 +1,23 @@
-"""Shared command-line plumbing of the FLUX and SD3 scripts (the scripts keep their own constants)."""
+"""Command-line plumbing of the scripts and the ``cslg`` command (the scripts keep their own constants).
+
+Parsers need only ``cslg.options``; torch, diffusers and the rest load when a command runs, so ``--help`` is quick.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 import warnings
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
-from .activations import load_capture
-from .analysis import BASELINES, METRICS, analyse
-from .capture import ROWS, SITES, TRAJECTORIES, CaptureConfig, resolve_steps, run_capture
-from .families import LayerError, adapter_class, adapter_class_by_name, adapter_for
-from .grid import LAYER_COMBINATIONS, METHODS, GridSettings, ImageSettings, build_methods, enumerate_groups, parse_shard, run_grid
-from .methods.cslg import SLG_LAYERS, SLG_START, SLG_STOP
-from .models import OFFLOAD_MODES, load_pipeline
-from .tiny import TINY_PRESETS
-from .evaluation import EvalResult, evaluate, format_summary, load_manifest, records_from_images
-from .ocr import ALL_ENGINES, ENGINES, engine_names, get_engine
+from .options import (
+    ALL_ENGINES, BASELINES, DTYPE_NAMES, ENGINE_NAMES, LAYER_COMBINATIONS, METHOD_NAMES, METRICS, OFFLOAD_MODES, ROWS,
+    SITES, SLG_LAYERS, SLG_START, SLG_STOP, TINY_PRESETS, TRAJECTORIES,
+)
 from .prompts import PromptFileError, load_generation_prompts, load_pairs
 
 
@@ -46,7 +42,7 @@ def add_model_args(p: argparse.ArgumentParser, model: str) -> None:
     p.add_argument("--model", default=model, required=model is None,
                    help=f"diffusers id, local save_pretrained folder, or a tiny preset ({', '.join(TINY_PRESETS)})")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--offload", choices=OFFLOAD_MODES, default="none", help="model / sequential CPU offload (GPU only)")
 
 
@@ -64,7 +60,6 @@ def require_positive(args: argparse.Namespace, *flags: str) -> None:
             raise SystemExit(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
 
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def parse_layer_list(text: str | Sequence[str]) -> list[str]:
@@ -76,7 +71,12 @@ def parse_layer_list(text: str | Sequence[str]) -> list[str]:
 
 def load_from_args(args: argparse.Namespace, family: str | None):
     try:
-        return load_pipeline(args.model, family, args.device, DTYPES.get(args.dtype), args.offload)
+        import torch
+
+        from .models import load_pipeline
+
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(args.dtype)
+        return load_pipeline(args.model, family, args.device, dtype, args.offload)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
 
@@ -118,12 +118,17 @@ def capture_parser(doc: str, **defaults) -> argparse.ArgumentParser:
 
 def run_capture_command(args: argparse.Namespace, family: str | None = None) -> Path:
     """Validate the flags, load the model and pairs, capture, and print where the file is."""
+    from .capture import CaptureConfig, resolve_steps, run_capture
+    from .families import LayerError, adapter_for
+
     require_positive(args, "pairs", "steps", "height", "width", "max_sequence_length")
+    check_numbers(args, {"guidance": (0, None)})
     if args.preset == "paper":
         args.site, args.rows, args.trajectory = "attn", "all", "independent"
     pairs = prompts_from_args(load_pairs, args, args.pairs)
     pipe = load_from_args(args, family)
     adapter = adapter_for(pipe, guidance=args.guidance)
+    check_loaded(adapter, args)
     try:
         save_layers = adapter.resolve_layers(parse_layer_list(args.save_activations))
     except LayerError as e:
@@ -161,7 +166,7 @@ def grid_parser(doc: str, **d) -> argparse.ArgumentParser:
     p.add_argument("--out", default=d["out"], help="run folder")
     p.add_argument("--seeds", type=int_list, default=d["seeds"], help="e.g. '0,42,123'")
     add_image_args(p, d)
-    p.add_argument("--methods", nargs="+", default=d["methods"], help=f"any of {', '.join(METHODS)}")
+    p.add_argument("--methods", nargs="+", default=d["methods"], help=f"any of {', '.join(METHOD_NAMES)}")
     p.add_argument("--cfg-scales", type=float_list, default=d["cfg_scales"], help="CFG scales w (all CFG-based methods)")
     p.add_argument("--cslg-scales", type=float_list, default=d["cslg_scales"], help="skip-guidance scales s for cslg")
     p.add_argument("--layers", nargs="+", default=None, help="layers to skip for cslg, e.g. 9 12 or 5,s12")
@@ -192,34 +197,83 @@ def grid_parser(doc: str, **d) -> argparse.ArgumentParser:
     return p
 
 
-def read_layers_json(path: str, top_k: int) -> list[str]:
-    """The ``top_k`` best-ranked layers of a ``layers.json`` written by visualize.py."""
+def read_layers_json(path: str, top_k: int) -> tuple[list[str], dict]:
+    """The ``top_k`` best-ranked layers of a ``layers.json`` written by visualize.py, and the file's content."""
+    if top_k < 1:
+        raise SystemExit(f"--top-k must be at least 1, got {top_k}")
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         ranking = [row["layer"] for row in data["ranking"]]
     except FileNotFoundError:
         raise SystemExit(f"--layers-from: file not found: {path}") from None
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except IsADirectoryError:
+        raise SystemExit(f"--layers-from: {path} is a folder; give its layers.json") from None
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise SystemExit(f"--layers-from: {path} is not a layers.json written by visualize.py ({e!r})") from None
-    if top_k < 1:
-        raise SystemExit(f"--top-k must be at least 1, got {top_k}")
-    return ranking[:top_k]
+    for rank, layer in enumerate(ranking[:top_k], start=1):
+        if not isinstance(layer, str):
+            raise SystemExit(f"--layers-from: {path}: ranking entry {rank} has layer {layer!r}, expected a name like \"5\"")
+    return ranking[:top_k], data
+
+
+def check_numbers(args: argparse.Namespace, ranges: dict[str, tuple[float | None, float | None]]) -> None:
+    """Exit naming the flag when a number (or one of a list) is NaN, infinite or outside ``[low, high]``."""
+    for dest, (low, high) in ranges.items():
+        value = getattr(args, dest, None)
+        for x in value if isinstance(value, list) else [value]:
+            if x is None:
+                continue
+            if not math.isfinite(x) or (low is not None and x < low) or (high is not None and x > high):
+                bounds = "" if low is None else f" at least {low:g}" if high is None else f" between {low:g} and {high:g}"
+                raise SystemExit(f"--{dest.replace('_', '-')}: {x} is not a finite number{bounds}")
+
+
+def check_loaded(adapter, args: argparse.Namespace, ranking_file: dict | None = None) -> None:
+    """Exit with one line when the loaded model cannot take the image settings, or ``--layers-from`` ranks the layers
+    of a model of another family (another model of the same family: a warning)."""
+    try:
+        adapter.check_settings(args.height, args.width, args.max_sequence_length)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    if ranking_file is None:
+        return
+    family, model = ranking_file.get("family"), ranking_file.get("model")
+    if family is not None and family != adapter.name:
+        raise SystemExit(f"--layers-from {args.layers_from}: ranks the layers of a {family} model ({model}), but "
+                         f"--model {args.model} is a {adapter.name} model")
+    if model is not None and model != args.model:
+        print(f"warning: --layers-from {args.layers_from} ranks the layers of {model}, not of {args.model}")
 
 
 def run_grid_command(args: argparse.Namespace, family: str | None = None, default_layers: Sequence = ()) -> Path:
     """Validate the flags, build the grid, generate this shard's images, and print where they are."""
+    import torch
+
+    from .families import LayerError, adapter_class, adapter_class_by_name, adapter_for
+    from .grid import GridSettings, ImageSettings, build_methods, enumerate_groups, parse_shard, run_grid
+
     require_positive(args, "steps", "height", "width", "max_sequence_length")
+    check_numbers(args, {
+        "cfg_scales": (0, None), "cslg_scales": (0, None), "pag_scales": (0, None), "concept_scales": (0, None),
+        "layer_weights": (0, None), "guidance": (0, None), "cslg_start": (0, 1), "cslg_stop": (0, 1),
+        "slg_start": (0, 1), "slg_stop": (0, 1), "apg_eta": (None, None), "apg_norm_threshold": (0, None),
+        "apg_momentum": (None, None),
+    })
     if not args.seeds:
         raise SystemExit("--seeds: give at least one seed")
+    if repeated := sorted({s for s in args.seeds if args.seeds.count(s) > 1}):
+        raise SystemExit(f"--seeds: seed {repeated[0]} is given twice")
     try:
         shard = parse_shard(args.shard)
     except ValueError as e:
         raise SystemExit(str(e)) from None
     prompts = prompts_from_args(load_generation_prompts, args, args.limit)
+    ranking_file = None
     if args.layers is not None:
         layers = parse_layer_list(args.layers)
     elif args.layers_from is not None:
-        layers = parse_layer_list(read_layers_json(args.layers_from, args.top_k))
+        ranked, ranking_file = read_layers_json(args.layers_from, args.top_k)
+        layers = parse_layer_list(ranked)
     else:
         layers = parse_layer_list([str(x) for x in default_layers])
 
@@ -264,6 +318,7 @@ def run_grid_command(args: argparse.Namespace, family: str | None = None, defaul
     distilled = loaded.has_distilled_guidance
     methods = methods_for(distilled, loaded.pag_default_layers)
     adapter = adapter_for(pipe, guidance=args.guidance if distilled else None)
+    check_loaded(adapter, args, ranking_file)
     for method in methods:
         try:
             adapter.resolve_layers(list(dict.fromkeys(method.referenced_layers())))
@@ -293,7 +348,7 @@ def eval_parser(doc: str, engine: str, n_bootstrap: int, bootstrap_seed: int, ou
     source.add_argument("--images", type=Path, metavar="DIR", help="plain folder of images (needs --prompts)")
     parser.add_argument("--prompts", type=Path, metavar="FILE", help="generation prompt file for --images")
     parser.add_argument("--out", type=Path, metavar="DIR", help=f"output folder (default: <run|images>/{out_subdir})")
-    parser.add_argument("--engine", choices=[*ENGINES, ALL_ENGINES], default=engine,
+    parser.add_argument("--engine", choices=[*ENGINE_NAMES, ALL_ENGINES], default=engine,
                         help=f"OCR engine (default: %(default)s); {ALL_ENGINES}: score with every engine and "
                              "write their per-image agreement (agreement.csv) and its means in summary.csv")
     parser.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=None,
@@ -316,10 +371,15 @@ def check_eval_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     return args
 
 
-def run_eval_command(args: argparse.Namespace) -> EvalResult:
-    """Score a run folder (or a plain image folder) with OCR and print the summary."""
+def run_eval_command(args: argparse.Namespace):
+    """Score a run folder (or a plain image folder) with OCR and print the summary; returns the ``EvalResult``."""
+    from .evaluation import evaluate, format_summary, load_manifest, records_from_images
+    from .ocr import engine_names, get_engine
+
     base_dir = args.run if args.run is not None else args.images
     out_dir = args.out if args.out is not None else base_dir / args.out_subdir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SystemExit(f"--out {out_dir} is a file, not a folder")
     try:  # bad inputs end with their message, not a traceback
         if args.run is not None:
             records = load_manifest(args.run)
@@ -360,6 +420,9 @@ def analyse_parser(doc: str, out: str, metric: str, step: str, top_k: int, dpi: 
 
 def run_analyse_command(p: argparse.ArgumentParser, argv=None) -> Path:
     """Parse ``argv`` with ``p``, rank the layers of the captures and write layers.json and the figures."""
+    from .activations import load_capture
+    from .analysis import analyse
+
     args = p.parse_args(argv)
     if args.preset == "paper":
         args.metric, args.baseline, args.step = "difference", "one", "-1"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 
-from . import inspect as inspect_command
 from .cli import (
     analyse_parser, capture_parser, check_eval_args, eval_parser, grid_parser, run_analyse_command,
     run_capture_command, run_eval_command, run_grid_command,
@@ -54,7 +53,13 @@ def evaluate(argv: list[str]):
     return run_eval_command(check_eval_args(parser, parser.parse_args(argv)))
 
 
-COMMANDS = {"capture": capture, "analyse": analyse, "grid": grid, "eval": evaluate, "inspect": inspect_command.main}
+def inspect(argv: list[str]):
+    from .inspect import main as inspect_main
+
+    return inspect_main(argv)
+
+
+COMMANDS = {"capture": capture, "analyse": analyse, "grid": grid, "eval": evaluate, "inspect": inspect}
 
 
 def main(argv: list[str] | None = None):

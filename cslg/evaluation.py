@@ -89,15 +89,19 @@ MAPPING_RULE = (
 
 
 def load_manifest(run_dir: str | os.PathLike) -> list[dict]:
-    """The records of ``<run_dir>/manifest.jsonl``; for an image listed several times (shards
-    appending to one manifest) the last record wins."""
+    """The records of ``<run_dir>/manifest.jsonl`` (of its shard manifests when an interrupted run has not merged
+    them); for an image listed several times the last record wins."""
     path = Path(run_dir) / MANIFEST
-    if not path.is_file():
+    sources = [path] if path.is_file() else sorted((Path(run_dir) / "manifests").glob("shard-*.jsonl"))
+    if not sources:
         raise FileNotFoundError(f"no manifest at {path}: a run folder needs manifest.jsonl (one JSON object per image)")
+    if sources[0] != path:  # an interrupted grid: its shards' rows are there, the merged manifest is not yet
+        print(f"note: {path} is missing; scoring the rows of {len(sources)} shard manifest(s) in {sources[0].parent}")
     records: dict[str, dict] = {}
-    for lineno, record in read_jsonl(path):
-        _check_record(record, f"{path}: line {lineno}")
-        records[record["image"]] = record
+    for source in sources:
+        for lineno, record in read_jsonl(source):
+            _check_record(record, f"{source}: line {lineno}")
+            records[record["image"]] = record
     if not records:
         raise ValueError(f"{path} lists no images")
     return list(records.values())

@@ -1,13 +1,10 @@
-"""Print what a capture file holds: ``python -m cslg.inspect FILE [--pair P] [--step T]``."""
+"""Print what a capture file holds: ``python -m cslg.inspect FILE [--top-k K]``."""
 
 from __future__ import annotations
 
 import argparse
 
-from .activations import load_capture
-from .analysis import per_pair_scores, rank_layers
-
-LONG_KEYS = ("prompts", "timesteps", "layer_names")
+LONG_KEYS = ("prompts", "timesteps", "layer_names", "block_groups")
 
 
 def main(argv=None) -> None:
@@ -15,21 +12,32 @@ def main(argv=None) -> None:
     p.add_argument("file", help="capture file (.safetensors)")
     p.add_argument("--top-k", type=int, default=5, help="how many top layers to show")
     args = p.parse_args(argv)
-    cap = load_capture(args.file)
+    from .activations import load_capture
+    from .analysis import per_pair_scores, rank_layers
+
+    try:
+        cap = load_capture(args.file)
+        names = cap.layer_names
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
     print(f"{cap.path}")
     print("tensors:")
     print(f"  cosine             {tuple(cap.cosine.shape)} {cap.cosine.dtype}  [pairs, steps, layers]")
+    if cap.input_cosine is not None:
+        print(f"  input_cosine       {tuple(cap.input_cosine.shape)} {cap.input_cosine.dtype}  [pairs, steps]")
     for name, t in cap.activations.items():
         print(f"  activations.{name:<6} {tuple(t.shape)} {t.dtype}  [pairs, saved steps, 2 prompts, tokens, dim]")
     if cap.activation_steps is not None:
         print(f"  activation_steps   {cap.activation_steps.tolist()}")
     print("metadata:")
-    for key, value in cap.metadata.items():
+    for key in sorted(cap.metadata):
+        value = cap.metadata[key]
         if key in LONG_KEYS:
             value = f"{len(value)} entries: {value[:3]}{' ...' if len(value) > 3 else ''}"
         print(f"  {key}: {value}")
-    ranking = rank_layers(per_pair_scores(cap.cosine), cap.layer_names)
-    print(f"top layers (first difference, mean over steps): {', '.join(ranking.top(args.top_k))}")
+    ranking = rank_layers(per_pair_scores(cap.cosine, baseline=cap.input_cosine), names)
+    baseline = "input" if cap.input_cosine is not None else "one"
+    print(f"top layers (first difference, mean over steps, baseline {baseline}): {', '.join(ranking.top(args.top_k))}")
 
 
 if __name__ == "__main__":

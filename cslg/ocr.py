@@ -17,6 +17,8 @@ from typing import Protocol, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .options import ALL_ENGINES
+
 # Files easyocr needs for English: the CRAFT text detector and the English recogniser.
 EASYOCR_WEIGHTS = ("craft_mlt_25k.pth", "english_g2.pth")
 # PP-OCR: the packages (rapidocr runs ONNX models but does not depend on onnxruntime) and the
@@ -24,7 +26,6 @@ EASYOCR_WEIGHTS = ("craft_mlt_25k.pth", "english_g2.pth")
 PPOCR_PACKAGES = ("rapidocr>=3.10,<4", "onnxruntime>=1.19")
 PPOCR_MODELS = ("PP-OCRv6_det_small.onnx", "PP-OCRv6_rec_small.onnx", "ch_ppocr_mobile_v2.0_cls_mobile.onnx")
 # ``--engine all``: score with every engine of ``ENGINES``.
-ALL_ENGINES = "all"
 
 # An image file path, a PIL image, or an RGB(A) or greyscale uint8 array.
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]

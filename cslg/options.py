@@ -16,6 +16,10 @@ METRICS = ("difference", "relative")
 # to the first block) or 1 (the paper).
 BASELINES = ("input", "one")
 
+# step 4: OCR
+ENGINE_NAMES = ("easyocr", "ppocr")
+ALL_ENGINES = "all"  # --engine all: every engine, and their agreement
+
 # step 3: grids
 METHOD_NAMES = ("none", "cfg", "slg", "cslg", "scfg", "concept", "pag", "apg", "cfgzero", "slg-neg")  # the registry's
 LAYER_COMBINATIONS = ("given", "all")

@@ -35,7 +35,7 @@ class Prepared:
 def prepare(adapter: Adapter, rows: dict[str, str], seed: int, steps: int, height: int, width: int,
             max_sequence_length: int) -> Prepared:
     """Encode ``rows`` (name -> prompt), draw the noise of ``seed`` and the timesteps."""
-    adapter.check_size(height, width)
+    adapter.check_settings(height, width, max_sequence_length)
     names = list(rows)
     cond = adapter.encode([rows[n] for n in names], max_sequence_length)
     latents, extras = adapter.initial_noise(seed, height, width)

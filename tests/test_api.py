@@ -133,3 +133,18 @@ def test_command_grid_end_to_end(tmp_path):
     assert all(r["params"]["steps"] == 2 and r["params"]["height"] == 32 for r in records)
     assert len(list((out / "contact_sheets").glob("*.png"))) == 1
     assert f"run folder: {out}" in done.stdout
+
+
+def test_option_vocabularies_match_the_implementations():
+    """``cslg.options`` lists what the heavy modules implement (the parsers read it without importing them)."""
+    from cslg.methods import REGISTRY
+    from cslg.ocr import ENGINES
+    from cslg.options import ENGINE_NAMES, METHOD_NAMES
+
+    assert METHOD_NAMES == tuple(REGISTRY) and ENGINE_NAMES == tuple(ENGINES)
+
+
+def test_help_imports_no_torch():
+    code = ("import sys, FLUX_final_experiments, SD3_LayerExperiment_pairwise, visualize, eval; "
+            "import cslg.command; assert 'torch' not in sys.modules and 'diffusers' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import cslg.cli
+import cslg.ocr
 from cslg import evaluation
 from cslg.evaluation import evaluate, expected_text, flatten_params, load_manifest, records_from_images
 from cslg.io import append_jsonl
@@ -248,7 +249,7 @@ def test_images_mode_maps_files_to_prompts(tmp_path, eval_script, monkeypatch):
 
     texts = {"0000_cslg": "ZERO", "0001_seed3": "UNO", f"{prompt_slug(prompts[2])}_s9": "TWO", "seed7": "ZERO"}
     engine = FakeEngine(reply=lambda path: texts[Path(path).stem])
-    monkeypatch.setattr(cslg.cli, "get_engine", lambda name, gpu: engine)
+    monkeypatch.setattr(cslg.ocr, "get_engine", lambda name, gpu: engine)
     for _ in range(2):  # the second run must not mistake the plots in images/eval for images
         result = eval_script.main(["--images", str(images), "--prompts", str(prompts_file)])
     assert len(engine.calls) == 4

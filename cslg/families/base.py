@@ -191,6 +191,7 @@ class Adapter:
     default_guidance: ClassVar[float | None] = None
     pag_default_layers: ClassVar[tuple[str, ...]] = ()
     default_max_sequence_length: ClassVar[int] = 256
+    max_sequence_length_limit: ClassVar[int] = 512  # T5's, which diffusers' pipelines enforce
 
     def __init__(self, pipe: DiffusionPipeline, guidance: float | None = None):
         self.pipe = pipe
@@ -336,12 +337,15 @@ class Adapter:
         image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
         return self.pipe.image_processor.postprocess(image, output_type=output_type)
 
-    def check_size(self, height: int, width: int) -> None:
-        """Fail unless the model can produce a ``height`` x ``width`` image."""
+    def check_settings(self, height: int, width: int, max_sequence_length: int) -> None:
+        """Fail unless the model can produce a ``height`` x ``width`` image from text of that length."""
         multiple = self.size_multiple()
         for flag, value in (("--height", height), ("--width", width)):
             if value % multiple:
                 raise ValueError(f"{flag} {value}: {self.name} needs a multiple of {multiple}")
+        if not 1 <= max_sequence_length <= self.max_sequence_length_limit:
+            raise ValueError(f"--max-sequence-length {max_sequence_length}: {self.name} takes 1 to "
+                             f"{self.max_sequence_length_limit} text tokens")
 
     def size_multiple(self) -> int:
         return self.pipe.vae_scale_factor * 2

@@ -18,6 +18,7 @@ class QwenImageAdapter(Adapter):
     pipeline_classes = (QwenImagePipeline,)
     block_lists = (BlockList("transformer_blocks", "", "blocks"),)
     default_max_sequence_length = 512
+    max_sequence_length_limit = 1024
 
     def attention_calls(self, block, convention):
         return [(block.attn, AttentionLayout("joint", text_first=True))]
