@@ -48,7 +48,9 @@ demo: install
 			--methods none cfg cslg pag apg cfgzero slg-neg scfg concept --cslg-scales 2 --pag-scales 2 \
 			--layers-from $(DEMO_OUT)/$${fam}_analysis/layers.json --top-k 1 --out $(DEMO_OUT)/$${fam}_run || exit 1; \
 	done
-	@echo "== step 4: OCR evaluation =="
+	@echo "== step 4: OCR evaluation (first a known-text check: rendered expected text must score near 1) =="
+	$(PY) -m cslg.known_text --limit 5 --out $(DEMO_OUT)/ocr_check
+	$(PY) eval.py --images $(DEMO_OUT)/ocr_check --prompts prompt_datasets/text_eval_prompts.json
 	$(PY) eval.py --run $(DEMO_OUT)/flux_run
 	$(PY) eval.py --run $(DEMO_OUT)/sd35_run
 	$(PY) -m cslg eval --run $(DEMO_OUT)/qwenimage_run

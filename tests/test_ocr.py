@@ -196,3 +196,15 @@ def test_render_text_fonts():
     assert not np.array_equal(default, np.asarray(render_text("Hi", font="DejaVuSerif.ttf")))
     with pytest.raises(FileNotFoundError, match="matplotlib ships no font 'Comic.ttf'"):
         render_text("Hi", font="Comic.ttf")
+
+
+def test_known_text_check_renders_expected_text(tmp_path):
+    from cslg.known_text import render_known_text
+    from cslg.prompts import load_generation_prompts
+
+    paths = render_known_text("prompt_datasets/text_eval_prompts.json", tmp_path, 3)
+    assert [p.name for p in paths] == ["0000.png", "0001.png", "0002.png"]
+    prompts = load_generation_prompts("prompt_datasets/text_eval_prompts.json", limit=3)
+    from PIL import Image
+
+    assert all(Image.open(p).size[0] >= 320 for p in paths) and prompts[0].expected_text == ("EXIT",)
