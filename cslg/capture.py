@@ -218,6 +218,7 @@ def run_capture(
             raise ValueError(f"{partial} holds an unfinished capture with other settings ({what}); "
                              f"run it with the same settings, or delete it, or choose another --out")
     remove_stale_temps(partial)
+    remove_stale_temps(out.parent, out.name)  # a crashed final write leaves a full-size copy
     atomic_write_json(stamp, {"hash": run_hash, "config": asdict(config)})
     parts = []
     for p, pair in enumerate(tqdm(pairs, desc="pairs", disable=not progress)):

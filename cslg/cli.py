@@ -113,6 +113,7 @@ def capture_parser(doc: str, **defaults) -> argparse.ArgumentParser:
     p.add_argument("--save-steps", type=int_list, default=[-1],
                    help="steps at which --save-activations saves (negative counts from the end; default: last)")
     p.add_argument("--out", default=defaults["out"], help="output .safetensors file")
+    p.add_argument("--force", action="store_true", help="capture again even if --out already holds this capture")
     return p
 
 
@@ -150,7 +151,7 @@ def run_capture_command(args: argparse.Namespace, family: str | None = None) -> 
         save_steps=resolve_steps(args.save_steps, args.steps) if save_layers else (),
     )
     start = time.perf_counter()
-    out = run_capture(adapter, pairs, config, args.out)
+    out = run_capture(adapter, pairs, config, args.out, force=args.force)
     print(f"captured {len(pairs)} pairs x {args.steps} steps x {len(adapter.blocks)} layers "
           f"in {time.perf_counter() - start:.1f}s -> {out}")
     print(f"inspect with: python -m cslg.inspect {out}")

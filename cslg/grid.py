@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -224,6 +225,8 @@ def check_run_settings(out: Path, settings: ImageSettings, model: str) -> None:
             found = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(found, dict):
                 raise ValueError("not a JSON object")
+            if any(isinstance(v, float) and not math.isfinite(v) for v in found.values()):
+                raise ValueError("it stores a non-finite number")
         except ValueError as e:
             raise ValueError(f"{path} is corrupt ({e}); delete it if the folder's images were made with the current "
                              "settings, or choose another --out") from None

@@ -91,11 +91,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> int:
+def remove_stale_temps(folder: str | os.PathLike, name: str = "*") -> int:
     """Delete the temporary files of interrupted ``atomic_write`` calls below ``folder`` whose writer is gone (a live
-    writer's are kept); returns how many."""
+    writer's are kept), for files called ``name`` (a glob); returns how many."""
     removed = 0
-    for path in Path(folder).rglob(f".*{TEMP_MARK}*"):
+    for path in Path(folder).rglob(f".{name}.*{TEMP_MARK}*"):
         match = _TEMP.match(path.name)
         if match and path.is_file() and not _alive(int(match.group(1))):
             path.unlink(missing_ok=True)

@@ -165,3 +165,20 @@ def test_unreachable_model_is_one_line(monkeypatch):
         load_pipeline("nosuch-org/no-such-model", device="cpu")
     message = _one_line(excinfo)
     assert message.startswith("--model nosuch-org/no-such-model is not in the local cache") and "tiny-sd3" in message
+
+
+def test_run_json_with_nan_settings_is_named(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text('{"model": "tiny-sd3", "steps": NaN}')
+    with pytest.raises(SystemExit, match=r"^error: .*run.json is corrupt \(it stores a non-finite number\)"):
+        _grid(tmp_path)
+
+
+def test_crashed_final_capture_write_is_removed(tmp_path):
+    from cslg.io import remove_stale_temps
+
+    leftover = tmp_path / ".c.safetensors.999996.x.tmp.safetensors"
+    other = tmp_path / ".d.safetensors.999996.x.tmp.safetensors"
+    leftover.write_bytes(b"x")
+    other.write_bytes(b"x")
+    assert remove_stale_temps(tmp_path, "c.safetensors") == 1 and not leftover.exists() and other.exists()
