@@ -252,6 +252,7 @@ def run_grid_command(args: argparse.Namespace, family: str | None = None, defaul
 
     from .families import LayerError, adapter_class, adapter_class_by_name, adapter_for
     from .grid import GridSettings, ImageSettings, build_methods, enumerate_groups, parse_shard, run_grid
+    from .sampling import check_layers
 
     require_positive(args, "steps", "height", "width", "max_sequence_length")
     check_numbers(args, {
@@ -322,7 +323,7 @@ def run_grid_command(args: argparse.Namespace, family: str | None = None, defaul
     check_loaded(adapter, args, ranking_file)
     for method in methods:
         try:
-            adapter.resolve_layers(list(dict.fromkeys(method.referenced_layers())))
+            check_layers(adapter, method)
         except LayerError as e:
             raise SystemExit(f"error: {method.name}: {e}") from None
     image_settings = ImageSettings(

@@ -26,6 +26,7 @@ from .methods import CFG, SLG, NoGuidance
 from .ocr import get_engine
 from .options import SLG_SCALE, SLG_START, SLG_STOP  # diffusers' defaults, which upstream kept
 from .prompts import load_generation_prompts
+from .sampling import check_layers
 
 MODEL = "stabilityai/stable-diffusion-3-medium-diffusers"
 PROMPTS = "prompt_datasets/paper_complex_prompts.json"
@@ -97,7 +98,7 @@ def main(argv=None) -> list[dict]:
     adapter = adapter_for(pipe)
     try:
         for _, method in protocol(args):
-            adapter.resolve_layers(list(method.referenced_layers()))
+            check_layers(adapter, method)
     except ValueError as e:
         raise SystemExit(f"--upstream-sets / --offset: {e}") from None
     labelled = protocol(args)
