@@ -140,7 +140,7 @@ class Executor:
                 if kind == SKIP:
                     continue
                 every = len(lanes) == len(origin)
-                idx = torch.tensor(lanes, device=streams.image.device)
+                idx = None if every else torch.tensor(lanes, device=streams.image.device)
                 part = streams if every else streams.select(idx)
                 recorded = []
                 if record is not None and layer in record[0]:
