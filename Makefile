@@ -65,6 +65,7 @@ benchmarks: install
 	$(PY) benchmarks/bench_capture.py
 	$(PY) benchmarks/bench_guidance.py
 	$(PY) benchmarks/bench_baselines.py
+	$(PY) benchmarks/bench_methods.py
 
 clean:
 	rm -rf $(DEMO_OUT) .pytest_cache

@@ -6,6 +6,9 @@ Printed side by side in one run, on small random SD3 and FLUX models (cslg.tiny,
   2. total generation time of our SD3 cslg against StableDiffusion3Pipeline(skip_guidance_layers=...)
      at the same settings (window 0-1 so the skip pass runs at every step); target below 1.0.
 
+The variants of each part alternate round by round (in a rotating order); a ratio is the median over the
+rounds of one variant's time over the other's in the same round, so drifts in machine speed or load hit both.
+
     python benchmarks/bench_guidance.py [--size 64] [--steps 8]
 """
 
@@ -29,7 +32,8 @@ from cslg.tiny import TinySize, build_tiny_flux, build_tiny_sd3  # noqa: E402
 
 SIZE = 64
 STEPS = 8
-REPEATS = 5
+REPEATS = 7  # whole generations per variant
+STEP_ROUNDS = 15  # one-step predictions per variant
 CFG_SCALE = 7.0
 SCALE = 2.8
 PROMPT = "a storefront with a neon sign that says 'OPEN LATE'"
@@ -56,27 +60,44 @@ def timed(fn, repeats: int = REPEATS, warmup: bool = True) -> float:
     return statistics.median(times)
 
 
+def interleaved(calls: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each of ``calls`` (after one warm-up each): ``rounds`` rounds, every call once per round
+    in an order rotated each round, so drifts in machine speed or load hit every variant alike."""
+    for fn in calls.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            times[name].append(timed(calls[name], repeats=1, warmup=False))
+    return times
+
+
+def paired(times: dict[str, list[float]], name: str, base: str) -> float:
+    """Median over the rounds of ``name``'s time over ``base``'s in the same round."""
+    return statistics.median(a / b for a, b in zip(times[name], times[base]))
+
+
 def step_costs(pipe, family: str, size: int, steps: int) -> None:
     d = adapter_for(pipe)
     ex = Executor(d)
     run = prepare(d, CFG(CFG_SCALE).rows(Request(PROMPT)), 0, steps, size, size, 128)
     t = run.timesteps[1]
     step = Step(1, steps, rows=tuple(run.rows))
-
-    def predict(method):
-        return ex.predict(run.latents, t, run.cond, run.rows, method.passes(step), run.extras)
-
-    base = timed(lambda: predict(CFG(CFG_SCALE)))
+    variants = {"cfg": CFG(CFG_SCALE)} | {",".join(layers): CSLG(tuple(layers), SCALE, CFG_SCALE) for layers in SKIPS[family]}
+    for name, method in variants.items():
+        assert name == "cfg" or len(method.passes(step)) == 3, "the skip pass must run at the timed step"
+    calls = {name: (lambda m=method: ex.predict(run.latents, t, run.cond, run.rows, m.passes(step), run.extras))
+             for name, method in variants.items()}
+    times = interleaved(calls, STEP_ROUNDS)
     names = d.layer_names
-    print(f"\n[{family}] {len(names)} blocks, {size}x{size}, one step, median of {REPEATS} (cfg step: {base * 1000:.1f} ms)")
+    print(f"\n[{family}] {len(names)} blocks, {size}x{size}, one step, median of {STEP_ROUNDS} interleaved "
+          f"(cfg step: {statistics.median(times['cfg']) * 1000:.1f} ms)")
     print(f"{'skipped layers':>16} {'cslg / cfg':>11} {'ideal':>7} {'diffusers-style ideal':>22}")
     for layers in SKIPS[family]:
-        method = CSLG(tuple(layers), SCALE, CFG_SCALE)
-        assert len(method.passes(step)) == 3, "the skip pass must run at the timed step"
-        cost = timed(lambda: predict(method))
         first = min(names.index(name) for name in layers)
         ideal = (2 + (len(names) - first - 1) / len(names)) / 2
-        print(f"{','.join(layers):>16} {cost / base:>11.3f} {ideal:>7.3f} {1.5:>22.3f}")
+        print(f"{','.join(layers):>16} {paired(times, ','.join(layers), 'cfg'):>11.3f} {ideal:>7.3f} {1.5:>22.3f}")
 
 
 def against_diffusers(pipe, size: int, steps: int) -> None:
@@ -100,18 +121,12 @@ def against_diffusers(pipe, size: int, steps: int) -> None:
         sample(d, CFG(CFG_SCALE), Request(PROMPT), 0, steps, size, size, 128, output_type="latent")
 
     runs = {"diffusers SLG": diffusers_slg, "ours cslg": ours_slg, "diffusers CFG": diffusers_cfg, "ours cfg": ours_cfg}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for fn in runs.values():
-        fn()  # warm-up
-    for _ in range(REPEATS):  # interleaved, so drifts in machine load hit every variant alike
-        for name, fn in runs.items():
-            times[name].append(timed(fn, repeats=1, warmup=False))
-    t = {name: statistics.median(v) for name, v in times.items()}
+    times = interleaved(runs, REPEATS)
     print(f"\n[sd3] whole generation, {steps} steps, skip layer 6 of 12 at every step, median of {REPEATS} interleaved")
-    for name, sec in t.items():
-        print(f"{name:>14}: {sec:.3f} s")
-    print(f"ours cslg / diffusers SLG = {t['ours cslg'] / t['diffusers SLG']:.3f} (target < 1.0; "
-          f"ideal {(2 + 5 / 12) / 3:.3f}); ours cfg / diffusers CFG = {t['ours cfg'] / t['diffusers CFG']:.3f}")
+    for name, sec in times.items():
+        print(f"{name:>14}: {statistics.median(sec):.3f} s")
+    print(f"ours cslg / diffusers SLG = {paired(times, 'ours cslg', 'diffusers SLG'):.3f} (target < 1.0; "
+          f"ideal {(2 + 5 / 12) / 3:.3f}); ours cfg / diffusers CFG = {paired(times, 'ours cfg', 'diffusers CFG'):.3f}")
 
 
 def main() -> None:
