@@ -4,7 +4,7 @@ image-token outputs of every block (double- and single-stream) at every denoisin
     python FLUX_LayerExperiment_pairwise.py --model black-forest-labs/FLUX.1-dev --out outputs/flux_capture.safetensors
 """
 
-from cslg.cli import capture_parser, run_capture_command
+from cslg.cli import capture, command_parser
 
 MODEL = "black-forest-labs/FLUX.1-dev"
 PROMPTS = "prompt_datasets/prompts_text_notext.json"
@@ -20,12 +20,12 @@ OUT = "outputs/flux_capture.safetensors"
 
 
 def main(argv=None):
-    args = capture_parser(
-        __doc__, model=MODEL, prompts=PROMPTS, pairs=PAIRS, steps=STEPS, seed=SEED, height=HEIGHT, width=WIDTH,
-        guidance=GUIDANCE, guidance_help="distilled guidance embedding", max_sequence_length=MAX_SEQUENCE_LENGTH,
-        trajectory=TRAJECTORY, out=OUT,
-    ).parse_args(argv)
-    return run_capture_command(args, family="flux")
+    parser = command_parser(
+        __doc__, capture, model=MODEL, prompts=PROMPTS, pairs=PAIRS, steps=STEPS, seed=SEED, height=HEIGHT,
+        width=WIDTH, guidance=GUIDANCE, guidance_help="distilled guidance embedding",
+        max_sequence_length=MAX_SEQUENCE_LENGTH, trajectory=TRAJECTORY, out=OUT,
+    )
+    return capture.run(parser.parse_args(argv), parser, family="flux")
 
 
 if __name__ == "__main__":

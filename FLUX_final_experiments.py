@@ -7,7 +7,7 @@ CFG on FLUX is true CFG with the negative prompt (FLUX.1-dev's own "guidance" is
     python FLUX_final_experiments.py --layers-from outputs/analysis/layers.json --top-k 1 --out outputs/flux_run
 """
 
-from cslg.cli import grid_parser, run_grid_command
+from cslg.cli import grid, command_parser
 
 MODEL = "black-forest-labs/FLUX.1-dev"
 PROMPTS = "prompt_datasets/text_eval_prompts.json"
@@ -30,13 +30,13 @@ NEGATIVE_PROMPT = ""
 
 
 def main(argv=None):
-    args = grid_parser(
-        __doc__, model=MODEL, prompts=PROMPTS, out=OUT, seeds=SEEDS, steps=STEPS, height=HEIGHT, width=WIDTH,
+    parser = command_parser(
+        __doc__, grid, model=MODEL, prompts=PROMPTS, out=OUT, seeds=SEEDS, steps=STEPS, height=HEIGHT, width=WIDTH,
         max_sequence_length=MAX_SEQUENCE_LENGTH, methods=METHODS, cfg_scales=CFG_SCALES, cslg_scales=CSLG_SCALES,
         top_k=TOP_K, layer_combinations=LAYER_COMBINATIONS, cslg_start=CSLG_START, cslg_stop=CSLG_STOP,
         guidance=GUIDANCE, guidance_help="distilled guidance embedding of FLUX.1-dev", negative_prompt=NEGATIVE_PROMPT,
-    ).parse_args(argv)
-    return run_grid_command(args, family="flux", default_layers=LAYERS)
+    )
+    return grid.run(parser.parse_args(argv), parser, family="flux", default_layers=LAYERS)
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ demo: install
 			--layers-from $(DEMO_OUT)/$${fam}_analysis/layers.json --top-k 1 --out $(DEMO_OUT)/$${fam}_run || exit 1; \
 	done
 	@echo "== step 4: OCR evaluation (first a known-text check: rendered expected text must score near 1) =="
-	$(PY) -m cslg.known_text --limit 5 --out $(DEMO_OUT)/ocr_check
+	$(PY) -m cslg.evaluation.known_text --limit 5 --out $(DEMO_OUT)/ocr_check
 	$(PY) eval.py --images $(DEMO_OUT)/ocr_check --prompts prompt_datasets/text_eval_prompts.json
 	$(PY) eval.py --run $(DEMO_OUT)/flux_run
 	$(PY) eval.py --run $(DEMO_OUT)/sd35_run
@@ -59,7 +59,7 @@ demo: install
 	@echo "demo outputs: $(DEMO_OUT)/ (captures, *_analysis/layers.json and figures, *_run/contact_sheets, *_run/eval)"
 
 paper: install
-	$(PY) -m cslg.paper --model $(MODEL) --out $(PAPER_OUT) $(if $(filter tiny-%,$(MODEL)),$(PAPER_TINY))
+	$(PY) -m cslg paper --model $(MODEL) --out $(PAPER_OUT) $(if $(filter tiny-%,$(MODEL)),$(PAPER_TINY))
 
 benchmarks: install
 	$(PY) benchmarks/bench_capture.py

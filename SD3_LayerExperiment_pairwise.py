@@ -4,7 +4,7 @@ two prompts' image-token outputs of every joint block at every denoising step (c
     python SD3_LayerExperiment_pairwise.py --model stabilityai/stable-diffusion-3-medium-diffusers
 """
 
-from cslg.cli import capture_parser, run_capture_command
+from cslg.cli import capture, command_parser
 
 MODEL = "stabilityai/stable-diffusion-3-medium-diffusers"
 PROMPTS = "prompt_datasets/prompts_text_notext.json"
@@ -20,12 +20,12 @@ OUT = "outputs/sd3_capture.safetensors"
 
 
 def main(argv=None):
-    args = capture_parser(
-        __doc__, model=MODEL, prompts=PROMPTS, pairs=PAIRS, steps=STEPS, seed=SEED, height=HEIGHT, width=WIDTH,
-        guidance=GUIDANCE, guidance_help="CFG scale", max_sequence_length=MAX_SEQUENCE_LENGTH,
+    parser = command_parser(
+        __doc__, capture, model=MODEL, prompts=PROMPTS, pairs=PAIRS, steps=STEPS, seed=SEED, height=HEIGHT,
+        width=WIDTH, guidance=GUIDANCE, guidance_help="CFG scale", max_sequence_length=MAX_SEQUENCE_LENGTH,
         trajectory=TRAJECTORY, out=OUT,
-    ).parse_args(argv)
-    return run_capture_command(args, family="sd3")
+    )
+    return capture.run(parser.parse_args(argv), parser, family="sd3")
 
 
 if __name__ == "__main__":

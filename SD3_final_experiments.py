@@ -4,7 +4,7 @@ baselines S-CFG and ConceptDiffusion) into a run folder that eval.py scores.
     python SD3_final_experiments.py --layers-from outputs/analysis/layers.json --top-k 2 --out outputs/sd3_run
 """
 
-from cslg.cli import grid_parser, run_grid_command
+from cslg.cli import grid, command_parser
 
 MODEL = "stabilityai/stable-diffusion-3-medium-diffusers"
 PROMPTS = "prompt_datasets/text_eval_prompts.json"
@@ -26,14 +26,14 @@ NEGATIVE_PROMPT = ""
 
 
 def main(argv=None):
-    args = grid_parser(
-        __doc__, model=MODEL, prompts=PROMPTS, out=OUT, seeds=SEEDS, steps=STEPS, height=HEIGHT, width=WIDTH,
+    parser = command_parser(
+        __doc__, grid, model=MODEL, prompts=PROMPTS, out=OUT, seeds=SEEDS, steps=STEPS, height=HEIGHT, width=WIDTH,
         max_sequence_length=MAX_SEQUENCE_LENGTH, methods=METHODS, cfg_scales=CFG_SCALES, cslg_scales=CSLG_SCALES,
         top_k=TOP_K, layer_combinations=LAYER_COMBINATIONS, cslg_start=CSLG_START, cslg_stop=CSLG_STOP,
         guidance=None, guidance_help="SD3's guidance_scale (= CFG scale, shorthand for --cfg-scales G)",
         negative_prompt=NEGATIVE_PROMPT,
-    ).parse_args(argv)
-    return run_grid_command(args, family="sd3", default_layers=LAYERS)
+    )
+    return grid.run(parser.parse_args(argv), parser, family="sd3", default_layers=LAYERS)
 
 
 if __name__ == "__main__":

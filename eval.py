@@ -22,7 +22,8 @@ to nothing is an error.
 
 from __future__ import annotations
 
-from cslg.cli import check_eval_args, eval_parser, run_eval_command
+from cslg.cli import command_parser
+from cslg.cli import eval as evaluation
 
 ENGINE = "easyocr"
 N_BOOTSTRAP = 1000  # bootstrap resamples for the 95% confidence intervals
@@ -31,8 +32,9 @@ OUT_SUBDIR = "eval"  # default output folder inside the run / images folder
 
 
 def main(argv: list[str] | None = None):
-    parser = eval_parser(__doc__, ENGINE, N_BOOTSTRAP, BOOTSTRAP_SEED, OUT_SUBDIR)
-    return run_eval_command(check_eval_args(parser, parser.parse_args(argv)))
+    parser = command_parser(__doc__, evaluation, engine=ENGINE, bootstrap=N_BOOTSTRAP, seed=BOOTSTRAP_SEED,
+                            out_subdir=OUT_SUBDIR)
+    return evaluation.run(parser.parse_args(argv), parser)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from cslg.cli import analyse_parser, run_analyse_command
+from cslg.cli import analyse, command_parser
 
 OUT = "outputs/analysis"
 METRIC = "difference"  # the paper's metric: first difference of the cosine along depth
@@ -17,7 +17,9 @@ YLIM = None  # symmetric y-range of the per-layer figure; upstream used 0.2, Non
 
 
 def main(argv=None):
-    return run_analyse_command(analyse_parser(__doc__, OUT, METRIC, STEP, TOP_K, DPI, YLIM, BASELINE), argv)
+    parser = command_parser(__doc__, analyse, out=OUT, metric=METRIC, baseline=BASELINE, step=STEP, top_k=TOP_K,
+                            dpi=DPI, ylim=YLIM)
+    return analyse.run(parser.parse_args(argv), parser)
 
 
 if __name__ == "__main__":

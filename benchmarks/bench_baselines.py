@@ -25,8 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cslg.families import Adapter, adapter_for  # noqa: E402
 from cslg.methods import CFG, SCFG, ConceptDiffusion, Method, Request  # noqa: E402
 from cslg.methods.concept import split_concepts  # noqa: E402
-from cslg.sampling import denoise, prepare  # noqa: E402
-from cslg.tiny import TinySize, build_tiny_flux, build_tiny_sd3  # noqa: E402
+from cslg.guidance.sampling import denoise, prepare  # noqa: E402
+from cslg.families.flux import build_tiny_flux  # noqa: E402
+from cslg.families.sd3 import build_tiny_sd3  # noqa: E402
+from cslg.families.tiny import TinySize  # noqa: E402
 
 FAMILIES = ["sd3", "flux"]
 SIZE = 128  # image side in pixels (the tiny VAE compresses 2x): 32x32 = 1024 image tokens
@@ -53,7 +55,7 @@ def sync() -> float:
 
 def step_times(adapter: Adapter, method: Method, size: int, steps: int) -> list[float]:
     """Seconds per denoising step (prediction, combination and scheduler step) of one run."""
-    run = prepare(adapter, method.rows(Request(PROMPT)), 0, steps, size, size, MAX_SEQUENCE_LENGTH)
+    run = prepare(adapter, method.conditions(Request(PROMPT)), 0, steps, size, size, MAX_SEQUENCE_LENGTH)
     stamps: list[float] = []
     # ``observe(i)`` is called as step i starts (it returns no block observer): a time stamp per step
     denoise(adapter, method, run, observe=lambda i: stamps.append(sync()))

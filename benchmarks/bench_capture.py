@@ -30,8 +30,10 @@ import torch  # noqa: E402
 from cslg.capture import CaptureConfig, PairTrajectory, capture_pair  # noqa: E402
 from cslg.families import adapter_for  # noqa: E402
 from cslg.prompts import PromptPair  # noqa: E402
-from cslg.sampling import denoise, prepare  # noqa: E402
-from cslg.tiny import TinySize, build_tiny_flux, build_tiny_sd3  # noqa: E402
+from cslg.guidance.sampling import denoise, prepare  # noqa: E402
+from cslg.families.flux import build_tiny_flux  # noqa: E402
+from cslg.families.sd3 import build_tiny_sd3  # noqa: E402
+from cslg.families.tiny import TinySize  # noqa: E402
 
 FAMILY = "flux"
 SIZE = 64  # image side in pixels (the tiny VAE compresses 2x)
@@ -54,7 +56,7 @@ def runner(family: str, size: int, steps: int):
 
     def plain():
         method = PairTrajectory("independent", None if d.has_distilled_guidance else guidance)
-        run = prepare(d, method.rows(PAIR), 0, steps, size, size, MSL)
+        run = prepare(d, method.conditions(PAIR), 0, steps, size, size, MSL)
         denoise(d, method, run, run.latents.repeat(2, *[1] * (run.latents.ndim - 1)))
 
     def diffusers():

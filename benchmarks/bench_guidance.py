@@ -1,6 +1,6 @@
 """Benchmark: cost of CSLG against CFG, and our SD3 CSLG against diffusers' built-in SLG.
 
-Printed side by side in one run, on small random SD3 and FLUX models (cslg.tiny, scaled up):
+Printed side by side in one run, on small random SD3 and FLUX models (cslg.families' tiny presets, scaled up):
   1. per-step cost of one cslg step (passes [u, c, c_skip] in one branched forward) relative to one
      cfg step ([u, c]), next to the ideal (2 + fraction of blocks after the first skipped one) / 2;
   2. total generation time of our SD3 cslg against StableDiffusion3Pipeline(skip_guidance_layers=...)
@@ -24,11 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from cslg.executor import Executor  # noqa: E402
+from cslg.guidance.executor import Executor  # noqa: E402
 from cslg.families import adapter_for  # noqa: E402
 from cslg.methods import CFG, CSLG, Request, Step  # noqa: E402
-from cslg.sampling import prepare, sample  # noqa: E402
-from cslg.tiny import TinySize, build_tiny_flux, build_tiny_sd3  # noqa: E402
+from cslg.guidance.sampling import prepare, sample  # noqa: E402
+from cslg.families.flux import build_tiny_flux  # noqa: E402
+from cslg.families.sd3 import build_tiny_sd3  # noqa: E402
+from cslg.families.tiny import TinySize  # noqa: E402
 
 SIZE = 64
 STEPS = 8
@@ -81,13 +83,13 @@ def paired(times: dict[str, list[float]], name: str, base: str) -> float:
 def step_costs(pipe, family: str, size: int, steps: int) -> None:
     d = adapter_for(pipe)
     ex = Executor(d)
-    run = prepare(d, CFG(CFG_SCALE).rows(Request(PROMPT)), 0, steps, size, size, 128)
+    run = prepare(d, CFG(CFG_SCALE).conditions(Request(PROMPT)), 0, steps, size, size, 128)
     t = run.timesteps[1]
-    step = Step(1, steps, rows=tuple(run.rows))
+    step = Step(1, steps, conditions=tuple(run.conditions))
     variants = {"cfg": CFG(CFG_SCALE)} | {",".join(layers): CSLG(tuple(layers), SCALE, CFG_SCALE) for layers in SKIPS[family]}
     for name, method in variants.items():
         assert name == "cfg" or len(method.passes(step)) == 3, "the skip pass must run at the timed step"
-    calls = {name: (lambda m=method: ex.predict(run.latents, t, run.cond, run.rows, m.passes(step), run.extras))
+    calls = {name: (lambda m=method: ex.predict(run.latents, t, run.cond, run.conditions, m.passes(step), run.extras))
              for name, method in variants.items()}
     times = interleaved(calls, STEP_ROUNDS)
     names = d.layer_names

@@ -47,17 +47,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cslg.executor import Executor, Pass  # noqa: E402
+from cslg.guidance.executor import Executor  # noqa: E402
+from cslg.guidance.passes import Pass  # noqa: E402
 from cslg.families import Adapter, adapter_for  # noqa: E402
 from cslg.methods import APG, CFG, CSLG, PAG, CFGZeroStar, Method, Request, SkippedNegativeSLG, Step, cfg  # noqa: E402
-from cslg.sampling import prepare  # noqa: E402
-from cslg.tiny import (  # noqa: E402
-    TinySize,
-    build_tiny_flux,
-    build_tiny_pixart_sigma,
-    build_tiny_qwenimage,
-    build_tiny_sd3,
-)
+from cslg.guidance.sampling import prepare  # noqa: E402
+from cslg.families.flux import build_tiny_flux  # noqa: E402
+from cslg.families.pixart import build_tiny_pixart_sigma  # noqa: E402
+from cslg.families.qwenimage import build_tiny_qwenimage  # noqa: E402
+from cslg.families.sd3 import build_tiny_sd3  # noqa: E402
+from cslg.families.tiny import TinySize  # noqa: E402
 
 SIZE = 128  # image side in pixels (the tiny VAEs compress 2x): 1024 image tokens
 STEPS = 6  # per run; step 0 is not counted
@@ -98,7 +97,7 @@ class ThreeLanes(Method):
 
     name = "3 lanes"
 
-    def rows(self, request):
+    def conditions(self, request):
         return {"uncond": request.negative_prompt, "cond": request.prompt, "cond2": request.prompt + "."}
 
     def passes(self, step):
@@ -148,14 +147,14 @@ def sync() -> float:
 
 
 class Run:
-    """One sampling run of ``method``, a step at a time: the body of ``cslg.sampling.denoise`` (batched forward of
-    the method's passes, its combination, the family's post-processing, the scheduler step) with the run's own
+    """One sampling run of ``method``, a step at a time: the body of ``cslg.guidance.sampling.denoise`` (batched forward of
+    the method's passes, its combination with the family's post-processing, the scheduler step) with the run's own
     copy of the scheduler, so runs of several methods can alternate step by step."""
 
     def __init__(self, adapter: Adapter, method: Method, size: int, steps: int):
-        assert not method.recorded_attention(adapter), "attention-recording methods need cslg.sampling.denoise"
+        assert not method.recorded_attention(adapter), "attention-recording methods need cslg.guidance.sampling.denoise"
         self.adapter, self.method = adapter, method
-        self.run = prepare(adapter, method.rows(Request(PROMPT)), 0, steps, size, size, MAX_SEQUENCE_LENGTH)
+        self.run = prepare(adapter, method.conditions(Request(PROMPT)), 0, steps, size, size, MAX_SEQUENCE_LENGTH)
         self.scheduler = copy.deepcopy(adapter.pipe.scheduler)  # its timesteps were just set by prepare
         self.executor = Executor(adapter)
         self.latents = self.run.latents
@@ -169,11 +168,10 @@ class Run:
         start = sync()
         t = run.timesteps[i]
         sigma = float(sigmas[i]) if sigmas is not None and i < len(sigmas) else None
-        step = Step(i, n, float(t), sigma, tuple(run.rows), self.layout, self.memory)
-        preds = self.executor.predict(self.latents, t, run.cond, run.rows, self.method.passes(step), run.extras)
+        step = Step(i, n, float(t), sigma, tuple(run.conditions), self.layout, self.memory,
+                    postprocess_cfg=self.adapter.postprocess_cfg)
+        preds = self.executor.predict(self.latents, t, run.cond, run.conditions, self.method.passes(step), run.extras)
         prediction = self.method.combine(preds, step)
-        if "uncond" in preds and "cond" in preds:
-            prediction = self.adapter.guided(prediction, preds["cond"])
         self.latents = self.scheduler.step(prediction, t, self.latents, return_dict=False)[0]
         return sync() - start
 

@@ -5,22 +5,30 @@ SLG) on every supported diffusers family.
     import cslg
     image = cslg.generate(pipe, "a sign that says 'OPEN'", cslg.CSLG(layers=[5], scale=1.0), seed=0)
 
-Names load on first use, so the command line answers ``--help`` without importing torch and diffusers.
+Names load on first use, so the command line answers ``--help`` without importing torch and diffusers. The layout
+(``docs/architecture.md``): ``families`` (adapters, tiny presets), ``guidance`` (executor, attention, sampling,
+skip), ``methods``, then the four steps ``capture``, ``analysis``, ``grid``, ``evaluation``, and ``cli``.
 """
 
 from importlib import import_module
 
-__version__ = "0.2.0"
+from . import _moved
+
+__version__ = "0.3.0"
 
 _WHERE = {
     **dict.fromkeys(("find_layers", "generate", "layer_names"), ".api"),
     **dict.fromkeys(("ADAPTERS", "Adapter", "LayerError", "adapter_for", "family_of"), ".families"),
     **dict.fromkeys(("APG", "CFG", "CSLG", "PAG", "REGISTRY", "SCFG", "SLG", "CFGZeroStar", "ConceptDiffusion",
                      "Method", "NoGuidance", "Request", "SkippedNegativeSLG", "Step"), ".methods"),
-    "skip_blocks": ".skip",
+    "DegenerateMethodWarning": ".guidance.sampling",
+    "skip_blocks": ".guidance.skip",
+    "load_capture": ".capture",
+    "load_pipeline": ".models",
 }
 
 __all__ = sorted(_WHERE)
+_moved.install(__name__)
 
 
 def __getattr__(name: str):

@@ -1,3 +1,3 @@
-from .command import main
+from .cli import main
 
-main()
+raise SystemExit(main())

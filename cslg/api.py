@@ -8,13 +8,12 @@ from typing import Any, Sequence
 
 from diffusers import DiffusionPipeline
 
-from .activations import load_capture
 from .analysis import analyse
-from .capture import CaptureConfig, run_capture
+from .capture import CaptureConfig, load_capture, run_capture
 from .families import adapter_for
+from .guidance.sampling import StepCallback, sample
 from .methods.base import Method, Request
 from .prompts import PromptPair
-from .sampling import sample
 
 
 def layer_names(pipe: DiffusionPipeline) -> list[str]:
@@ -39,20 +38,23 @@ def generate(
     attention_kwargs: dict[str, Any] | None = None,
     output_type: str = "pil",
     progress: bool = True,
+    callback: StepCallback | None = None,
 ):
     """One image of ``prompt`` guided by ``method``, from the noise diffusers draws for ``seed``.
 
     ``pipe``: any supported diffusers pipeline (FLUX.1, SD3/3.5, ...), as loaded (CPU offload works).
     ``height``/``width``/``max_sequence_length`` default to the pipeline's defaults; ``guidance`` is the
     distilled guidance embedding where the model has one (FLUX.1-dev: 3.5). ``attention_kwargs`` go to the
-    attention processors (e.g. ``{"scale": 0.8}`` for LoRA). An invalid layer raises ``cslg.LayerError``.
+    attention processors (e.g. ``{"scale": 0.8}`` for LoRA). ``callback(step, timestep, latents)`` runs after
+    every step (as diffusers' ``callback_on_step_end``) and may return latents to continue from. An invalid layer
+    raises ``cslg.LayerError``.
     """
     adapter = adapter_for(pipe, guidance)
     default = adapter.default_size()
     return sample(
         adapter, method, Request(prompt, negative_prompt, tuple(concepts)), seed, steps, height or default,
         width or default, max_sequence_length or adapter.default_max_sequence_length, output_type,
-        attention_kwargs, progress,
+        attention_kwargs, progress, callback,
     )
 
 

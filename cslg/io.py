@@ -1,16 +1,18 @@
-"""Atomic file writes and JSON-lines helpers: an interrupted run never leaves a half-written file."""
+"""Files that survive interruptions and shared folders: atomic writes, JSON lines, locks held by live processes only,
+settings stamps that keep a folder to one set of settings, and a check that an image file is complete."""
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
+import math
 import os
 import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
+
+from filelock import FileLock, Timeout
 
 
 TEMP_MARK = ".tmp"
@@ -109,18 +111,56 @@ class LockedError(RuntimeError):
 
 @contextmanager
 def file_lock(path: str | os.PathLike, wait: bool = True, held_by: str = "another process") -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if needed) while the context is held. The kernel releases it when
-    its process dies, so a crashed run never leaves it held. ``wait=False``: raise ``LockedError`` if it is taken."""
+    """An exclusive lock on ``path`` (created if needed) while the context is held, through ``filelock`` (an OS lock
+    that dies with its process, so a crashed run never leaves it held). ``wait=False``: raise ``LockedError`` if it
+    is taken."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    lock = FileLock(path, timeout=-1 if wait else 0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise LockedError(f"{path} is locked by {held_by}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def settings_stamp(path: str | os.PathLike, wanted: Mapping[str, Any], what: str, remedy: str, if_corrupt: str) -> None:
+    """Keep a folder to one set of settings: write ``wanted`` to ``path`` (JSON), or, when it exists, raise
+    ``ValueError`` naming every setting that differs (``what``: the folder's content; ``remedy`` / ``if_corrupt``:
+    what to do when the settings differ / the file is unreadable). The check and the first write happen under a
+    lock, so two processes cannot both stamp a fresh folder."""
+    path = Path(path)
+    wanted = json.loads(json.dumps(dict(wanted)))  # as stored: tuples are lists
+    with file_lock(path.with_name(path.name + ".lock")):
+        if not path.exists():
+            atomic_write_json(path, wanted)
+            return
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.EACCES):
-                raise LockedError(f"{path} is locked by {held_by}") from None
-            raise
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            found = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(found, dict):
+                raise ValueError("not a JSON object")
+            if any(isinstance(v, float) and not math.isfinite(v) for v in found.values()):
+                raise ValueError("it stores a non-finite number")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is corrupt ({e}); {if_corrupt}") from None
+    changed = [f"{k} {found.get(k)!r} -> {v!r}" for k, v in wanted.items() if found.get(k) != v]
+    if changed:
+        raise ValueError(f"{path.parent} holds {what} with other settings ({', '.join(changed)}); {remedy}")
+
+
+def image_problem(path: str | os.PathLike) -> str:
+    """Why ``path`` is not a complete, decodable image (``""`` when it is)."""
+    from PIL import Image
+
+    path = Path(path)
+    if not path.is_file():
+        return f"missing image {path}"
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError) as e:
+        return f"unreadable image {path}: {e}"
+    return ""

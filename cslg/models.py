@@ -7,10 +7,8 @@ from pathlib import Path
 import torch
 from diffusers import DiffusionPipeline
 
-from .families import adapter_class
+from .families import adapter_class, build_tiny
 from .options import OFFLOAD_MODES, TINY_PRESETS
-from .tiny import build_tiny
-
 
 
 def default_device() -> torch.device:
@@ -27,7 +25,7 @@ def load_pipeline(
     """Load ``model`` and put it on ``device`` (bf16 on GPU, fp32 on CPU unless ``dtype`` is given).
 
     Args:
-        model: a tiny preset (``tiny-flux``, ``tiny-sd3``, ``tiny-sd35``), a diffusers model id, or a local
+        model: a tiny preset (``cslg.options.TINY_PRESETS``), a diffusers model id, or a local
             folder in ``save_pretrained`` layout.
         family: a family name (``"flux"``, ``"sd3"``, ...): fail early when the model is of another family.
         offload: ``"none"``, ``"model"`` (``enable_model_cpu_offload``) or ``"sequential"``

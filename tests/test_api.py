@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +14,12 @@ import pytest
 import torch
 
 import cslg
-from cslg.command import main
+from cslg.cli import main
 from cslg.families import adapter_for
 from cslg.methods import Method
-from cslg.sampling import sample
+from cslg.guidance.sampling import sample
 
-from .conftest import ROOT, tiny
+from .helpers import ROOT, tiny
 
 SMALL = dict(steps=2, height=32, width=32, max_sequence_length=32)
 PROMPT = "a sign that says 'OPEN'"
@@ -113,8 +114,8 @@ def _cslg(*args, cwd=ROOT):
 def test_command_help(capsys):
     done = _cslg("--help")
     assert done.returncode == 0, done.stderr
-    for command in ("capture", "analyse", "grid", "eval", "inspect"):
-        assert f"\n  {command} " in done.stdout, command
+    for command in ("capture", "analyse", "grid", "eval", "inspect", "paper"):
+        assert re.search(rf"\n\s+{command}\s", done.stdout), command
     with pytest.raises(SystemExit) as exit_:  # the same entry point in-process (no second interpreter start)
         main(["grid", "--help"])
     assert exit_.value.code == 0 and "--cslg-scales" in capsys.readouterr().out
@@ -137,14 +138,15 @@ def test_command_grid_end_to_end(tmp_path):
 
 def test_option_vocabularies_match_the_implementations():
     """``cslg.options`` lists what the heavy modules implement (the parsers read it without importing them)."""
-    from cslg.methods import REGISTRY
-    from cslg.ocr import ENGINES
-    from cslg.options import ENGINE_NAMES, METHOD_NAMES
+    from cslg.evaluation.ocr import ENGINES
+    from cslg.families import ADAPTERS
+    from cslg.options import OCR_ENGINES, TINY_PRESETS
 
-    assert METHOD_NAMES == tuple(REGISTRY) and ENGINE_NAMES == tuple(ENGINES)
+    assert OCR_ENGINES == tuple(ENGINES)
+    assert TINY_PRESETS == tuple(p for cls in ADAPTERS for p in cls.tiny_presets)
 
 
 def test_help_imports_no_torch():
     code = ("import sys, FLUX_final_experiments, SD3_LayerExperiment_pairwise, visualize, eval; "
-            "import cslg.command; assert 'torch' not in sys.modules and 'diffusers' not in sys.modules")
+            "import cslg.cli; assert 'torch' not in sys.modules and 'diffusers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -7,9 +7,9 @@ import torch
 
 from cslg.families import adapter_for, family_of
 from cslg.models import load_pipeline
-from cslg.tiny import build_tiny
+from cslg.families import build_tiny
 
-from .conftest import tiny
+from .helpers import tiny
 
 
 @pytest.mark.parametrize("name,family,double,single", [

@@ -1,26 +1,44 @@
-"""Model family adapters, looked up from the pipeline object (subclasses included).
+"""Model family adapters, looked up from the pipeline object (subclasses included), and their tiny presets.
 
-Adding a family: one module with an ``Adapter`` subclass, its entry in ``ADAPTERS``, and a tiny preset.
+Adding a family: one module with an ``Adapter`` subclass and its tiny preset (``Adapter.tiny``), its entry in
+``ADAPTERS``, its preset names in ``cslg.options.TINY_PRESETS``, and its tests.
 """
 
 from __future__ import annotations
 
-from diffusers import DiffusionPipeline
+from importlib import import_module
+from typing import TYPE_CHECKING
 
-from .base import (
-    IMAGE, IMAGE_TEXT, TEXT_IMAGE, Adapter, AttentionLayout, BlockList, Conditioning, LatentLayout, LayerError,
-    Streams, TextRoles,
-)
-from .flux import FluxAdapter
-from .pixart import PixArtSigmaAdapter
-from .qwenimage import QwenImageAdapter
-from .sd3 import SD3Adapter
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
-ADAPTERS: tuple[type[Adapter], ...] = (FluxAdapter, SD3Adapter, QwenImageAdapter, PixArtSigmaAdapter)
+    from .base import Adapter
+    from .tiny import TinySize
+
+# family module -> its adapter class (imported on first use: ``cslg.families.layout`` stays free of diffusers)
+FAMILIES = {"flux": "FluxAdapter", "sd3": "SD3Adapter", "qwenimage": "QwenImageAdapter", "pixart": "PixArtSigmaAdapter"}
+# names this package re-exports from its modules, loaded on first use
+_WHERE = {
+    **dict.fromkeys(("IMAGE_ONLY", "IMAGE_TEXT", "TEXT_IMAGE", "Adapter", "BlockList", "LayerError"), ".base"),
+    **dict.fromkeys(("AttentionLayout", "Conditioning", "LatentLayout", "Streams", "TextRoles"), ".layout"),
+    "TinySize": ".tiny",
+}
+
+
+def __getattr__(name: str):
+    if name == "ADAPTERS":
+        value = tuple(getattr(import_module(f".{module}", __name__), cls) for module, cls in FAMILIES.items())
+    elif name in _WHERE:
+        value = getattr(import_module(_WHERE[name], __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def adapter_class(pipe: DiffusionPipeline) -> type[Adapter]:
     """The adapter class for ``pipe``'s family."""
+    ADAPTERS = __getattr__("ADAPTERS")
     for cls in ADAPTERS:
         if isinstance(pipe, cls.pipeline_classes):
             return cls
@@ -30,7 +48,7 @@ def adapter_class(pipe: DiffusionPipeline) -> type[Adapter]:
 
 def adapter_class_by_name(name: str) -> type[Adapter]:
     """The adapter class of the family called ``name``."""
-    for cls in ADAPTERS:
+    for cls in __getattr__("ADAPTERS"):
         if cls.name == name:
             return cls
     raise ValueError(f"unknown family {name!r}; choose one of {', '.join(family_names())}")
@@ -47,10 +65,22 @@ def family_of(pipe: DiffusionPipeline) -> str:
 
 
 def family_names() -> list[str]:
-    return [cls.name for cls in ADAPTERS]
+    return [cls.name for cls in __getattr__("ADAPTERS")]
+
+
+def build_tiny(preset: str, size: TinySize | None = None, seed: int = 0) -> DiffusionPipeline:
+    """The tiny preset called ``preset`` (``tiny-flux``, ``tiny-sd3``, ...), built offline with random weights
+    (``size``: a ``TinySize``, default the presets' own)."""
+    ADAPTERS = __getattr__("ADAPTERS")
+    for cls in ADAPTERS:
+        if preset in cls.tiny_presets:
+            return cls.tiny(preset, size or __getattr__("TinySize")(), seed)
+    presets = [p for cls in ADAPTERS for p in cls.tiny_presets]
+    raise ValueError(f"unknown tiny preset {preset!r}; choose one of {', '.join(presets)}")
 
 
 __all__ = [
-    "ADAPTERS", "Adapter", "AttentionLayout", "BlockList", "Conditioning", "IMAGE", "IMAGE_TEXT", "LatentLayout",
-    "LayerError", "Streams", "TEXT_IMAGE", "TextRoles", "adapter_class", "adapter_class_by_name", "adapter_for", "family_of", "family_names",
+    "ADAPTERS", "Adapter", "AttentionLayout", "BlockList", "Conditioning", "IMAGE_ONLY", "IMAGE_TEXT", "LatentLayout",
+    "LayerError", "Streams", "TEXT_IMAGE", "TextRoles", "TinySize", "adapter_class", "adapter_class_by_name",
+    "adapter_for", "build_tiny", "family_of", "family_names",
 ]

@@ -9,14 +9,16 @@ family or on tensor shapes.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 import torch.nn as nn
 from diffusers import DiffusionPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift, retrieve_timesteps
+
+from ..layers import canonical_layers, repeated
+from .layout import AttentionLayout, Conditioning, LatentLayout, Streams, TextRoles
 
 
 class LayerError(ValueError):
@@ -26,7 +28,7 @@ class LayerError(ValueError):
 # Block conventions: the order in which a block takes and returns its streams.
 TEXT_IMAGE = "text_image"  # returns (encoder_hidden_states, hidden_states): FLUX, SD3, Qwen-Image
 IMAGE_TEXT = "image_text"  # returns (hidden_states, encoder_hidden_states): CogView4, HunyuanVideo, Mochi
-IMAGE = "image"  # returns hidden_states alone: PixArt, SANA, Wan, LTX
+IMAGE_ONLY = "image_only"  # returns hidden_states alone: PixArt, SANA, Wan, LTX
 
 
 @dataclass(frozen=True)
@@ -40,155 +42,16 @@ class BlockList:
     output: str = TEXT_IMAGE
 
 
-@dataclass
-class Streams:
-    """The hidden states between blocks: image tokens and (for MMDiT blocks) text tokens."""
-
-    image: torch.Tensor
-    text: torch.Tensor | None = None
-
-    def select(self, lanes: torch.Tensor | list[int]) -> Streams:
-        return Streams(self.image[lanes], None if self.text is None else self.text[lanes])
-
-    def put(self, lanes: torch.Tensor, part: Streams) -> Streams:
-        """These streams with the rows ``lanes`` replaced by ``part``."""
-        text = self.text
-        if text is not None and part.text is not None:
-            text = text.index_copy(0, lanes, part.text)
-        return Streams(self.image.index_copy(0, lanes, part.image), text)
-
-
-@dataclass
-class Conditioning:
-    """Encoded prompts, one row per prompt. ``shared`` holds per-request tensors common to every row
-    (FLUX's ``text_ids``); ``mask`` is the text attention mask where the family uses one."""
-
-    embeds: torch.Tensor
-    pooled: torch.Tensor | None = None
-    mask: torch.Tensor | None = None
-    shared: dict[str, Any] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return self.embeds.shape[0]
-
-    def select(self, rows: Sequence[int]) -> Conditioning:
-        rows = list(rows)
-        return replace(
-            self,
-            embeds=self.embeds[rows],
-            pooled=None if self.pooled is None else self.pooled[rows],
-            mask=None if self.mask is None else self.mask[rows],
-        )
-
-
-@dataclass(frozen=True)
-class TextRoles:
-    """Positions in a prompt's text sequence of length ``text_len``: the prompt's ``content`` tokens (one per
-    word piece) and the ``background`` tokens that stand in for a UNet's start token (S-CFG)."""
-
-    content: tuple[int, ...]
-    background: tuple[int, ...]
-    text_len: int
-
-    @property
-    def others(self) -> tuple[int, ...]:
-        """Every text position that is not a background token."""
-        background = set(self.background)
-        return tuple(i for i in range(self.text_len) if i not in background)
-
-
-@dataclass(frozen=True)
-class LatentLayout:
-    """The ``(h, w)`` grid of image tokens behind a prediction (tokens in row-major order, as the attention
-    sees them) and how a prediction tensor holds them.
-
-    ``patch`` set: spatial ``[B, C, H, W]`` latents, each token a ``patch x patch`` patch (SD3, PixArt).
-    ``packed`` set: packed ``[B, h*w, C*packed]`` latents, each row a token holding a ``packed``-pixel patch of
-    every channel, channel-major (FLUX, Qwen-Image: 2x2 patches, ``packed = 4``).
-    """
-
-    h: int
-    w: int
-    patch: int | None = None
-    packed: int | None = None
-
-    def token_norms(self, x: torch.Tensor) -> torch.Tensor:
-        """``‖x‖₂`` over each token's values: ``[B, h, w]``."""
-        if self.packed is not None:
-            return x.float().norm(dim=-1).reshape(-1, self.h, self.w)
-        p = self.patch
-        patches = x.float().reshape(x.shape[0], x.shape[1], self.h, p, self.w, p)
-        return patches.square().sum(dim=(1, 3, 5)).sqrt()
-
-    def to_prediction(self, token_map: torch.Tensor) -> torch.Tensor:
-        """A token map ``[B, h, w]`` in a shape that broadcasts against a prediction."""
-        if self.packed is not None:
-            return token_map.reshape(token_map.shape[0], -1, 1)
-        p = self.patch
-        return token_map.repeat_interleave(p, dim=-2).repeat_interleave(p, dim=-1)[:, None]
-
-    @property
-    def pixels_per_token(self) -> int:
-        """Latent pixels along each side of a token: ``patch``, or 2 for packed 2x2 patches."""
-        return self.patch if self.packed is None else math.isqrt(self.packed)
-
-    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """A prediction ``[B, ...]`` as latent pixels ``[B, C, h*f, w*f]`` (``f = pixels_per_token``; packed
-        latents are unpacked as diffusers' ``_unpack_latents`` does)."""
-        if self.packed is None:
-            return x
-        f = self.pixels_per_token
-        return x.reshape(x.shape[0], self.h, self.w, -1, f, f).permute(0, 3, 1, 4, 2, 5).reshape(
-            x.shape[0], -1, self.h * f, self.w * f)
-
-    def from_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """Latent pixels ``[B, C, h*f, w*f]`` in the prediction's layout (the inverse of ``to_pixels``)."""
-        if self.packed is None:
-            return x
-        f = self.pixels_per_token
-        return x.reshape(x.shape[0], -1, self.h, f, self.w, f).permute(0, 2, 4, 1, 3, 5).reshape(
-            x.shape[0], self.h * self.w, -1)
-
-    def upsample(self, token_map: torch.Tensor) -> torch.Tensor:
-        """A token map ``[..., h, w]`` on the latent pixels ``[..., h*f, w*f]`` (nearest: each token's value on
-        each of its pixels)."""
-        f = self.pixels_per_token
-        return token_map.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1)
-
-    def channel_view(self, x: torch.Tensor) -> torch.Tensor:
-        """``[C, M]``: the values of each latent channel of one prediction ``[1, ...]``."""
-        if self.packed is None:
-            return x[0].flatten(1)
-        return x[0].unflatten(-1, (-1, self.packed)).permute(1, 0, 2).flatten(1)
-
-    def per_channel(self, values: torch.Tensor) -> torch.Tensor:
-        """Per-channel values ``[C]`` in a shape that broadcasts against a prediction ``[1, ...]``."""
-        if self.packed is None:
-            return values.view(1, -1, 1, 1)
-        return values.repeat_interleave(self.packed).view(1, 1, -1)
-
-
-@dataclass(frozen=True)
-class AttentionLayout:
-    """Where text and image tokens sit in the keys of one attention call of a block.
-
-    ``role``: ``"joint"`` (image queries attend ``[text, image]`` or ``[image, text]`` keys, one call),
-    ``"self"`` (image->image only) or ``"cross"`` (image->text only). For ``joint`` calls the queries are the
-    same sequence as the keys.
-    """
-
-    role: str
-    text_first: bool = True
-
-
 class Adapter:
     """Base class of the family adapters. Subclasses set the class attributes and implement the methods."""
 
     name: ClassVar[str]
     pipeline_classes: ClassVar[tuple[type, ...]]
     block_lists: ClassVar[tuple[BlockList, ...]]
+    tiny_presets: ClassVar[tuple[str, ...]] = ()  # built by ``tiny`` (offline, random weights)
     has_distilled_guidance: ClassVar[bool] = False
     default_guidance: ClassVar[float | None] = None
+    default_cfg_scale: ClassVar[float] = 1.0  # the family pipeline's default (true) CFG scale
     pag_default_layers: ClassVar[tuple[str, ...]] = ()
     default_max_sequence_length: ClassVar[int] = 256
     max_sequence_length_limit: ClassVar[int] = 512  # T5's, which diffusers' pipelines enforce
@@ -224,17 +87,18 @@ class Adapter:
                 parts.append(f"{bl.prefix}0-{bl.prefix}{n - 1}" + (f" ({bl.label})" if len(self.block_lists) > 1 else ""))
         return " and ".join(parts)
 
-    def resolve_layers(self, layers: Sequence[str | int]) -> list[str]:
+    def resolve_layers(self, layers: str | int | Sequence[str | int]) -> list[str]:
         """Canonical names for ``layers`` (ints or strings like ``"5"``, ``"s12"``), in order, no duplicates."""
-        out: list[str] = []
-        for layer in layers:
-            name = str(layer).strip().lower()
+        try:
+            names = canonical_layers(layers)
+        except (TypeError, ValueError) as e:
+            raise LayerError(str(e)) from None
+        for name in names:
             if name not in self.layer_names:
-                raise LayerError(f"unknown layer {layer!r}: valid layers are {self.valid_range()}")
-            if name in out:
-                raise LayerError(f"layer {layer!r} is given twice")
-            out.append(name)
-        return out
+                raise LayerError(f"unknown layer {name!r}: valid layers are {self.valid_range()}")
+        if twice := repeated(names):
+            raise LayerError(f"layer {twice!r} is given twice")
+        return list(names)
 
     def block(self, name: str) -> nn.Module:
         (name,) = self.resolve_layers([name])
@@ -261,7 +125,7 @@ class Adapter:
                    shared: dict[str, Any]) -> Streams:
         """Run one block on ``streams`` (``lane``: per-lane keyword tensors, ``shared``: the rest) and return its
         new streams, read in the block's own output order."""
-        if convention.output == IMAGE:
+        if convention.output == IMAGE_ONLY:
             return Streams(block(streams.image, **lane, **shared), None)
         out = block(hidden_states=streams.image, encoder_hidden_states=streams.text, **lane, **shared)
         text, image = out if convention.output == TEXT_IMAGE else out[::-1]
@@ -270,14 +134,14 @@ class Adapter:
     @staticmethod
     def image_output(convention: BlockList, output: Any) -> torch.Tensor:
         """The image-token stream of a block's raw output (for forward hooks)."""
-        if convention.output == IMAGE:
+        if convention.output == IMAGE_ONLY:
             return output
         return output[1] if convention.output == TEXT_IMAGE else output[0]
 
     def skip_output(self, convention: BlockList, args: tuple, kwargs: dict[str, Any]) -> Any:
         """What a skipped block returns for the inputs it was called with: its inputs, in its output order."""
         image = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        if convention.output == IMAGE:
+        if convention.output == IMAGE_ONLY:
             return image
         text = kwargs.get("encoder_hidden_states")
         return (text, image) if convention.output == TEXT_IMAGE else (image, text)
@@ -313,9 +177,10 @@ class Adapter:
         """The model's prediction from the image stream leaving the last block."""
         raise NotImplementedError
 
-    def guided(self, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """The family's post-processing of a guided prediction ``v`` with conditional prediction ``c``
-        (identity; Qwen-Image rescales to the norm of ``c``)."""
+    def postprocess_cfg(self, v: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The family's post-processing of a prediction ``v`` that combines a negative-prompt pass with the
+        conditional prediction ``c`` (identity; Qwen-Image rescales to the norm of ``c``). The methods that combine
+        such passes call it through ``Step.postprocess_cfg``."""
         return v
 
     def layout(self, latents: torch.Tensor, extras: dict[str, Any]) -> LatentLayout:
@@ -354,6 +219,34 @@ class Adapter:
         """The pipeline's default image side in pixels."""
         sample_size = getattr(self.pipe, "default_sample_size", None) or self.transformer.config.sample_size
         return sample_size * self.pipe.vae_scale_factor
+
+    # Tiny presets ----------------------------------------------------------------------------------------
+    @classmethod
+    def tiny(cls, preset: str, size: Any, seed: int) -> DiffusionPipeline:
+        """The tiny preset ``preset`` (one of ``tiny_presets``) at ``size`` (a ``cslg.families.tiny.TinySize``)."""
+        raise NotImplementedError
+
+
+class SpatialAdapter(Adapter):
+    """A family whose latents are spatial ``[B, C, H, W]`` and whose transformer cuts them into
+    ``patch_size x patch_size`` tokens (SD3, PixArt): the noise, the token grid and the un-patchifying they share."""
+
+    def initial_noise(self, seed, height, width):
+        latents = self.pipe.prepare_latents(
+            1, self.transformer.config.in_channels, height, width, self.dtype, self.device, generator(seed)
+        )
+        return latents, {}
+
+    def layout(self, latents, extras):
+        p = self.transformer.config.patch_size
+        return LatentLayout(latents.shape[-2] // p, latents.shape[-1] // p, patch=p)
+
+    def unpatchify(self, hidden: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, h*w, p*p*C]`` (the output projection's) as spatial latents ``[B, C, h*p, w*p]``."""
+        p, c = self.transformer.config.patch_size, self.transformer.out_channels
+        h, w = latents.shape[-2] // p, latents.shape[-1] // p
+        hidden = hidden.reshape(hidden.shape[0], h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return hidden.reshape(hidden.shape[0], c, h * p, w * p)
 
 
 # Helpers the adapters share ---------------------------------------------------------------------------------

@@ -7,9 +7,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from diffusers import FluxPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-from .base import Adapter, AttentionLayout, BlockList, Conditioning, LatentLayout, Streams, TextRoles, flow_timesteps, generator
+from .base import Adapter, BlockList, flow_timesteps, generator
+from .layout import AttentionLayout, Conditioning, LatentLayout, Streams, TextRoles
+from .tiny import TinySize, clip_text_encoder, clip_tokenizer, kl_vae, seeded, t5_encoder, t5_tokenizer
 
 
 class FluxAdapter(Adapter):
@@ -19,6 +21,7 @@ class FluxAdapter(Adapter):
         BlockList("transformer_blocks", "", "double-stream blocks"),
         BlockList("single_transformer_blocks", "s", "single-stream blocks"),
     )
+    tiny_presets = ("tiny-flux",)
     has_distilled_guidance = True
     default_guidance = 3.5
     default_max_sequence_length = 512
@@ -78,3 +81,40 @@ class FluxAdapter(Adapter):
 
     def unpack(self, latents, height, width):
         return self.pipe._unpack_latents(latents, height, width, self.pipe.vae_scale_factor)
+
+    @classmethod
+    def tiny(cls, preset, size, seed):
+        return build_tiny_flux(size, seed)
+
+
+def build_tiny_flux(size: TinySize = TinySize(), seed: int = 0) -> FluxPipeline:
+    """A guidance-distilled FLUX.1-dev-like pipeline (``guidance_embeds=True``)."""
+    clip_tok, t5_tok = clip_tokenizer(), t5_tokenizer()
+    rope = size.head_dim // 4
+    transformer = seeded(
+        seed + 1,
+        lambda: FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=4 * size.latent_channels,
+            num_layers=size.double_blocks,
+            num_single_layers=size.single_blocks,
+            attention_head_dim=size.head_dim,
+            num_attention_heads=size.heads,
+            joint_attention_dim=size.t5_dim,
+            pooled_projection_dim=size.text_dim,
+            guidance_embeds=True,
+            axes_dims_rope=(size.head_dim - 2 * rope, rope, rope),
+        ),
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
+    )
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=kl_vae(size, seed + 2, scaling_factor=0.3611, shift_factor=0.1159),
+        text_encoder=clip_text_encoder(size, seed + 3, with_projection=False, vocab_size=len(clip_tok)),
+        tokenizer=clip_tok,
+        text_encoder_2=t5_encoder(size, seed + 4, vocab_size=len(t5_tok)),
+        tokenizer_2=t5_tok,
+        transformer=transformer,
+    )

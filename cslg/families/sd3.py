@@ -5,16 +5,20 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from diffusers import StableDiffusion3Pipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 
-from .base import Adapter, AttentionLayout, BlockList, Conditioning, LatentLayout, Streams, TextRoles, generator, resolution_shift
+from .base import BlockList, SpatialAdapter, resolution_shift
+from .layout import AttentionLayout, Conditioning, Streams, TextRoles
+from .tiny import TinySize, clip_text_encoder, clip_tokenizer, kl_vae, seeded, t5_encoder, t5_tokenizer
 
 
-class SD3Adapter(Adapter):
+class SD3Adapter(SpatialAdapter):
     name = "sd3"
     pipeline_classes = (StableDiffusion3Pipeline,)
     block_lists = (BlockList("transformer_blocks", "", "joint blocks"),)
+    tiny_presets = ("tiny-sd3", "tiny-sd35")
+    default_cfg_scale = 7.0  # StableDiffusion3Pipeline's guidance_scale
     pag_default_layers = ("1",)  # StableDiffusion3PAGPipeline's default "blocks.1"
 
     def attention_calls(self, block, convention):
@@ -27,12 +31,6 @@ class SD3Adapter(Adapter):
             do_classifier_free_guidance=False, max_sequence_length=max_sequence_length,
         )
         return Conditioning(embeds, pooled)
-
-    def initial_noise(self, seed, height, width):
-        latents = self.pipe.prepare_latents(
-            1, self.transformer.config.in_channels, height, width, self.dtype, self.device, generator(seed)
-        )
-        return latents, {}
 
     def timesteps(self, steps, latents):
         scheduler, kwargs = self.pipe.scheduler, {}
@@ -50,18 +48,49 @@ class SD3Adapter(Adapter):
 
     def unembed(self, image, post, latents, extras):
         tr = self.transformer
-        hidden = tr.proj_out(tr.norm_out(image, post["temb"]))
-        p, c = tr.config.patch_size, tr.out_channels
-        h, w = latents.shape[-2] // p, latents.shape[-1] // p
-        hidden = hidden.reshape(hidden.shape[0], h, w, p, p, c)
-        return hidden.permute(0, 5, 1, 3, 2, 4).reshape(hidden.shape[0], c, h * p, w * p)
-
-    def layout(self, latents, extras):
-        p = self.transformer.config.patch_size
-        return LatentLayout(latents.shape[-2] // p, latents.shape[-1] // p, patch=p)
+        return self.unpatchify(tr.proj_out(tr.norm_out(image, post["temb"])), latents)
 
     def text_roles(self, prompt: str, text_len: int) -> TextRoles:
         """``[77 CLIP tokens, T5 tokens]``, CLIP reading ``<sot> content <eot> <pad>...``: background = ``<sot>``
         (the paper's start token), content = the CLIP content tokens (the T5 tokens repeat the same words)."""
         n = len(self.pipe.tokenizer(prompt, max_length=self.pipe.tokenizer_max_length, truncation=True).input_ids)
         return TextRoles(tuple(range(1, n - 1)), (0,), text_len)
+
+    @classmethod
+    def tiny(cls, preset, size, seed):
+        return build_tiny_sd3(size, seed, sd35=preset == "tiny-sd35")
+
+
+def build_tiny_sd3(size: TinySize = TinySize(), seed: int = 0, sd35: bool = False) -> StableDiffusion3Pipeline:
+    """An SD3-medium-like pipeline; ``sd35=True`` adds SD3.5's dual-attention layers and RMS qk-norm."""
+    clip_tok = clip_tokenizer()
+    t5_tok = t5_tokenizer()
+    transformer = seeded(
+        seed + 1,
+        lambda: SD3Transformer2DModel(
+            sample_size=size.sample_size,
+            patch_size=2,
+            in_channels=size.latent_channels,
+            num_layers=size.double_blocks,
+            attention_head_dim=size.head_dim,
+            num_attention_heads=size.heads,
+            joint_attention_dim=size.t5_dim,
+            caption_projection_dim=size.heads * size.head_dim,
+            pooled_projection_dim=2 * size.text_dim,
+            out_channels=size.latent_channels,
+            pos_embed_max_size=size.sample_size,
+            dual_attention_layers=tuple(range(size.double_blocks // 2)) if sd35 else (),
+            qk_norm="rms_norm" if sd35 else None,
+        ),
+    )
+    return StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=kl_vae(size, seed + 2, scaling_factor=1.5305, shift_factor=0.0609),
+        text_encoder=clip_text_encoder(size, seed + 3, with_projection=True, vocab_size=len(clip_tok)),
+        tokenizer=clip_tok,
+        text_encoder_2=clip_text_encoder(size, seed + 5, with_projection=True, vocab_size=len(clip_tok)),
+        tokenizer_2=clip_tokenizer(),
+        text_encoder_3=t5_encoder(size, seed + 4, vocab_size=len(t5_tok)),
+        tokenizer_3=t5_tok,
+        transformer=transformer,
+    )

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..executor import Pass
-from .base import Method, Step, check_scale, check_window, guider_window
+from ..guidance.passes import Pass
+from .base import Method, cfg_scale_option, start_option, stop_option
+from .schema import option
 
 
 def apg(u: torch.Tensor, c: torch.Tensor, w: float, eta: float, norm_threshold: float,
@@ -32,29 +33,33 @@ def momentum_average(previous: torch.Tensor | None, diff: torch.Tensor, beta: fl
 
 @dataclass(frozen=True)
 class APG(Method):
-    """APG at steps ``N*start <= i < N*stop``, ``v = c`` outside; ``momentum`` β (``None``: no momentum),
-    ``norm_threshold`` r, ``eta`` η. The momentum average is kept in the run's ``step.memory``."""
+    """APG at steps ``int(N*start) <= i < int(N*stop)`` (diffusers' guider window), ``v = c`` outside; ``momentum``
+    β (``None``: no momentum), ``norm_threshold`` r, ``eta`` η. The momentum average is kept in the run's
+    ``step.memory``. Defaults as the paper recommends (η 0, r 15, β -0.5); diffusers' guider defaults to η 1 and
+    no momentum, which equals CFG wherever ``‖c - u‖ <= r``."""
 
-    cfg_scale: float = 7.5
-    eta: float = 1.0
-    norm_threshold: float = 15.0
-    momentum: float | None = None
-    start: float = 0.0
-    stop: float = 1.0
+    cfg_scale: float | None = cfg_scale_option()
+    eta: float = option(0.0, "weight η of the part of c - u parallel to c (1: kept as CFG keeps it)")
+    norm_threshold: float = option(15.0, "norm threshold r of c - u (0: no limit)", low=0)
+    momentum: float | None = option(-0.5, "reverse momentum β of c - u (none: no momentum)", low=-1, high=1)
+    start: float = start_option()
+    stop: float = stop_option()
     name = "apg"
-
-    def __post_init__(self):
-        check_window(self.name, self.start, self.stop)
+    title = "adaptive projected guidance (diffusers' AdaptiveProjectedGuidance)"
+    window_rule = "floor"
 
     def active(self, step) -> bool:
-        return self.cfg_scale != 1.0 and guider_window(step.index, step.num_steps, self.start, self.stop)
+        return self.cfg_scale != 1.0 and super().active(step)
 
-    def degenerate(self, num_steps, rows):
-        if not any(self.active(Step(i, num_steps)) for i in range(num_steps)):
-            return f"cfg scale {self.cfg_scale} or the step window {self.start}-{self.stop} leaves no APG step: equals none"
-        return None
+    def degenerate(self, num_steps, conditions):
+        if self.cfg_scale == 1:
+            return "cfg scale 1: equals none"
+        if self.eta == 1 and not self.momentum:
+            where = "at every step" if self.norm_threshold == 0 else f"wherever ‖c - u‖ <= {self.norm_threshold:g}"
+            return f"eta 1 without momentum: equals cfg {where}"
+        return self.empty_window(num_steps, "none")
 
-    def rows(self, request):
+    def conditions(self, request):
         return {"uncond": request.negative_prompt, "cond": request.prompt}
 
     def passes(self, step):
@@ -68,13 +73,4 @@ class APG(Method):
         if self.momentum is not None:
             running = momentum_average(step.memory.get("apg_momentum"), c - u, self.momentum)
             step.memory["apg_momentum"] = running
-        return apg(u, c, self.cfg_scale, self.eta, self.norm_threshold, running)
-
-    def params(self):
-        return {"cfg_scale": self.cfg_scale, "eta": self.eta, "norm_threshold": self.norm_threshold,
-                "momentum": self.momentum, "start": self.start, "stop": self.stop}
-
-    @classmethod
-    def from_grid(cls, s):
-        return [cls(w, s.apg_eta, check_scale(s.apg_norm_threshold, "--apg-norm-threshold"), s.apg_momentum)
-                for w in s.cfg_scales]
+        return step.postprocess_cfg(apg(u, c, self.cfg_scale, self.eta, self.norm_threshold, running), c)

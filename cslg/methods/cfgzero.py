@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..executor import Pass
-from .base import Method, cfg
+from ..guidance.passes import Pass
+from .base import Method, cfg, cfg_scale_option
+from .schema import option
 
 EPS = 1e-8
 
@@ -24,26 +25,25 @@ class CFGZeroStar(Method):
     """``v = 0`` for the first ``zero_init_steps`` steps, then ``v = s* u + w (c - s* u)`` with
     ``s* = <c, u> / ‖u‖²``."""
 
-    cfg_scale: float = 7.5
-    zero_init_steps: int = 1
+    cfg_scale: float | None = cfg_scale_option()
+    zero_init_steps: int = option(1, "first steps with zero velocity", low=0)
     name = "cfgzero"
+    title = "CFG-Zero*: optimised unconditional scale, zero velocity first"
 
-    def __post_init__(self):
-        if self.zero_init_steps < 0:
-            raise ValueError(f"cfgzero: zero_init_steps must be >= 0, got {self.zero_init_steps}")
-
-    def degenerate(self, num_steps, rows):
+    def degenerate(self, num_steps, conditions):
+        if self.zero_init_steps >= num_steps:
+            return f"{self.zero_init_steps} zero-init steps of {num_steps}: every step has zero velocity"
         if self.cfg_scale == 1 and self.zero_init_steps == 0:
             return "cfg scale 1 and no zero-init step: equals none"
         return None
 
-    def rows(self, request):
+    def conditions(self, request):
         return {"uncond": request.negative_prompt, "cond": request.prompt}
 
     def passes(self, step):
-        if step.index < self.zero_init_steps:
+        if step.index < self.zero_init_steps or self.cfg_scale == 1.0:
             return {"cond": Pass("cond")}
-        return {"uncond": Pass("uncond"), "cond": Pass("cond")} if self.cfg_scale != 1.0 else {"cond": Pass("cond")}
+        return {"uncond": Pass("uncond"), "cond": Pass("cond")}
 
     def combine(self, preds, step):
         c = preds["cond"]
@@ -52,11 +52,4 @@ class CFGZeroStar(Method):
         if "uncond" not in preds:
             return c
         u = preds["uncond"] * optimised_scale(c, preds["uncond"])
-        return cfg(u, c, self.cfg_scale)
-
-    def params(self):
-        return {"cfg_scale": self.cfg_scale, "zero_init_steps": self.zero_init_steps}
-
-    @classmethod
-    def from_grid(cls, s):
-        return [cls(w, s.cfgzero_zero_init_steps) for w in s.cfg_scales]
+        return step.postprocess_cfg(cfg(u, c, self.cfg_scale), c)

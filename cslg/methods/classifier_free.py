@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..executor import Pass
-from .base import Method, cfg
+from ..guidance.passes import Pass
+from .base import Method, cfg, cfg_scale_option
 
 
 @dataclass(frozen=True)
@@ -13,8 +13,9 @@ class NoGuidance(Method):
     """``v = c``: the conditional prediction alone (SD3: guidance 1; FLUX-dev: its distilled guidance only)."""
 
     name = "none"
+    title = "no guidance: the conditional prediction alone"
 
-    def rows(self, request):
+    def conditions(self, request):
         return {"cond": request.prompt}
 
     def passes(self, step):
@@ -23,33 +24,23 @@ class NoGuidance(Method):
     def combine(self, preds, step):
         return preds["cond"]
 
-    @classmethod
-    def from_grid(cls, s):
-        return [cls()]
-
 
 @dataclass(frozen=True)
 class CFG(Method):
     """``v = u + w (c - u)``; on FLUX and Qwen-Image this is true CFG with the negative prompt."""
 
-    scale: float = 7.0
+    cfg_scale: float | None = cfg_scale_option()
     name = "cfg"
+    title = "classifier-free guidance"
 
-    def rows(self, request):
+    def conditions(self, request):
         return {"uncond": request.negative_prompt, "cond": request.prompt}
 
     def passes(self, step):
         return {"uncond": Pass("uncond"), "cond": Pass("cond")}
 
     def combine(self, preds, step):
-        return cfg(preds["uncond"], preds["cond"], self.scale)
+        return step.postprocess_cfg(cfg(preds["uncond"], preds["cond"], self.cfg_scale), preds["cond"])
 
-    def degenerate(self, num_steps, rows):
-        return "cfg scale 1: equals none" if self.scale == 1 else None
-
-    def params(self):
-        return {"cfg_scale": self.scale}
-
-    @classmethod
-    def from_grid(cls, s):
-        return [cls(w) for w in s.cfg_scales]
+    def degenerate(self, num_steps, conditions):
+        return "cfg scale 1: equals none" if self.cfg_scale == 1 else None

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..executor import Pass
-from ..families.base import LatentLayout
+from ..families.layout import LatentLayout
+from ..guidance.passes import Pass
 from ..text import normalize_text, quoted_spans
-from .base import Method, cfg, check_scale, check_window
+from .base import Method, cfg, cfg_scale_option, start_option, stop_option
+from .schema import option
 
 SPACY_MODEL = "en_core_web_sm"
 SPLITTERS = ("simple", "spacy")
@@ -89,11 +90,6 @@ def concept_terms(
     return total
 
 
-def concept_window(step: int, num_steps: int, start: float, stop: float) -> bool:
-    """The reference's window ``warm-up <= step <= cool-down`` with both ends as fractions of the steps."""
-    return round(num_steps * start, 9) <= step <= round(num_steps * stop, 9)
-
-
 # Concepts from a prompt ---------------------------------------------------------------------------------
 def split_concepts(prompt: str, splitter: str = "simple") -> list[str]:
     """The concepts of ``prompt``.
@@ -149,68 +145,49 @@ def concept_prediction(u: torch.Tensor, c: torch.Tensor, concepts: torch.Tensor,
 
 @dataclass(frozen=True)
 class ConceptDiffusion(Method):
-    """ConceptDiffusion: rows ``[uncond, cond, concept0..n-1]``; concepts from ``request.concepts`` or, when it
-    is empty, ``split_concepts(prompt, concept_splitter)``.
+    """ConceptDiffusion: conditionings ``[uncond, cond, concept0..n-1]``; concepts from ``request.concepts`` or,
+    when it is empty, ``split_concepts(prompt, concept_splitter)``.
 
-    ``concept_scale`` is w_g; ``start``/``stop`` the step window (fractions of the steps, inclusive);
-    ``subject_threshold`` τ_s and ``abstract_threshold`` τ_a (``None``: 1/(n+1)); ``upper_bound`` u.
+    ``concept_scale`` is w_g; ``start``/``stop`` the step window (fractions of the steps, inclusive, as the
+    reference's warm-up and cool-down); ``subject_threshold`` τ_s and ``abstract_threshold`` τ_a (``None``:
+    1/(n+1)); ``upper_bound`` u.
     """
 
-    cfg_scale: float = 7.5
-    concept_scale: float = 7.5
-    start: float = 0.0
-    stop: float = 1.0
-    subject_threshold: float | None = None
-    abstract_threshold: float | None = 0.7
-    upper_bound: float = 0.8
-    concept_splitter: str = "simple"
+    cfg_scale: float | None = cfg_scale_option()
+    concept_scale: float = option(7.5, "concept guidance scale w_g", low=0, axis=True, flag="--concept-scales")
+    start: float = start_option()
+    stop: float = stop_option()
+    subject_threshold: float | None = option(None, "subject threshold τ_s (none: 1/(n+1))", low=0)
+    abstract_threshold: float | None = option(0.7, "abstract-concept threshold τ_a (none: 1/(n+1))", low=0)
+    upper_bound: float = option(0.8, "subject terms with |cos| above it are subtracted (> 1: never)", low=0)
+    concept_splitter: str = option("simple", "how concepts are split from a prompt without given concepts",
+                                   choices=SPLITTERS, flag="--concept-splitter")
     name = "concept"
+    title = "ConceptDiffusion: concept-score guidance towards neglected concepts"
+    window_rule = "closed"
 
-    def __post_init__(self):
-        check_window(self.name, self.start, self.stop)
-        if self.concept_splitter not in SPLITTERS:
-            raise ValueError(f"concept: concept_splitter must be one of {SPLITTERS}, got {self.concept_splitter!r}")
-
-    def rows(self, request):
+    def conditions(self, request):
         concepts = list(request.concepts) or split_concepts(request.prompt, self.concept_splitter)
         return {"uncond": request.negative_prompt, "cond": request.prompt,
                 **{f"concept{j}": text for j, text in enumerate(concepts)}}
 
     def passes(self, step):
         passes = {"uncond": Pass("uncond"), "cond": Pass("cond")}
-        if not concept_window(step.index, step.num_steps, self.start, self.stop):
+        if not self.active(step):
             return passes
-        return passes | {name: Pass(name) for name in step.rows if name.startswith("concept")}
+        return passes | {name: Pass(name) for name in step.conditions if name.startswith("concept")}
 
-    def degenerate(self, num_steps, rows):
-        concepts = [text for name, text in rows.items() if name.startswith("concept")]
-        if all(text == rows["cond"] for text in concepts):  # none, or only the prompt itself: every term is 0
+    def degenerate(self, num_steps, conditions):
+        concepts = [text for name, text in conditions.items() if name.startswith("concept")]
+        if all(text == conditions["cond"] for text in concepts):  # none, or only the prompt itself: every term is 0
             return f"{len(concepts)} concept(s) besides the prompt itself: the concept terms vanish, equals cfg"
         if self.concept_scale == 0:
             return "concept scale 0: equals cfg"
-        if not any(concept_window(i, num_steps, self.start, self.stop) for i in range(num_steps)):
-            return f"the step window {self.start}-{self.stop} holds no step of {num_steps}: equals cfg"
-        return None
+        return self.empty_window(num_steps, "cfg")
 
     def combine(self, preds, step):
         concepts = [preds[name] for name in preds if name.startswith("concept")]
         stacked = torch.cat(concepts) if concepts else preds["cond"][:0]
-        return concept_prediction(preds["uncond"], preds["cond"], stacked, self.cfg_scale, self.concept_scale,
-                                  self.subject_threshold, self.abstract_threshold, self.upper_bound, step.layout)
-
-    def params(self):
-        return {
-            "cfg_scale": self.cfg_scale,
-            "concept_scale": self.concept_scale,
-            "start": self.start,
-            "stop": self.stop,
-            "subject_threshold": self.subject_threshold if self.subject_threshold is not None else "1/(n+1)",
-            "abstract_threshold": self.abstract_threshold if self.abstract_threshold is not None else "1/(n+1)",
-            "upper_bound": self.upper_bound,
-            "concept_splitter": self.concept_splitter,
-        }
-
-    @classmethod
-    def from_grid(cls, s):
-        scales = [check_scale(x, "--concept-scales") for x in s.concept_scales]
-        return [cls(cfg_scale=w, concept_scale=g) for w in s.cfg_scales for g in scales]
+        v = concept_prediction(preds["uncond"], preds["cond"], stacked, self.cfg_scale, self.concept_scale,
+                               self.subject_threshold, self.abstract_threshold, self.upper_bound, step.layout)
+        return step.postprocess_cfg(v, preds["cond"])

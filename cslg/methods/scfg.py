@@ -36,10 +36,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..attention import AttentionSink
-from ..executor import Pass
-from ..families.base import LatentLayout, TextRoles
-from .base import Method, canonical_layers
+from ..families.layout import LatentLayout, TextRoles
+from ..guidance.attention import AttentionSink
+from ..guidance.passes import Pass
+from .base import Method, cfg_scale_option
+from .schema import option
 
 COMPLETION_STEPS = 4  # R: powers of the self-attention averaged in the completion
 SMOOTH_SIGMA = 0.5  # 3x3 Gaussian on the token grid, for the maps and for ρ
@@ -215,16 +216,18 @@ class SCFG(Method):
     ``completion="code"`` and ``foreground_from="uncond"``.
     """
 
-    cfg_scale: float = 7.5
-    layers: tuple[str, ...] | None = None
-    completion: str | None = None
-    foreground_from: str | None = None
-    reference: bool = False
+    cfg_scale: float | None = cfg_scale_option()
+    layers: tuple[str, ...] | None = option(None, "blocks whose attention S-CFG records (default: the middle third "
+                                            "of the first block list)", family_default="default_attention_layers")
+    completion: str | None = option(None, "self-attention completion: paper, (1/R) Σ S^r C; code, (S + 3 S²) C / 4 "
+                                    "(default: paper, code with --scfg-reference)", choices=COMPLETIONS)
+    foreground_from: str | None = option(None, "the pass the foreground comes from (default: cond, uncond with "
+                                         "--scfg-reference)", choices=FOREGROUND_SOURCES)
+    reference: bool = option(False, "every choice of S-CFG's reference code (README, Baselines)")
     name = "scfg"
+    title = "S-CFG: per-region CFG scales from the step's attention maps"
 
-    def __post_init__(self):
-        if self.layers is not None:
-            object.__setattr__(self, "layers", canonical_layers(self.layers))
+    def check(self):
         implied = {"completion": "code", "foreground_from": "uncond"} if self.reference else {}
         for key, paper in (("completion", "paper"), ("foreground_from", "cond")):
             value = getattr(self, key)
@@ -232,15 +235,8 @@ class SCFG(Method):
                 object.__setattr__(self, key, implied.get(key, paper))
             elif key in implied and value != implied[key]:
                 raise ValueError(f"scfg: reference=True implies {key}={implied[key]!r}, got {value!r}")
-        if self.completion not in COMPLETIONS:
-            raise ValueError(f"scfg: completion must be one of {COMPLETIONS}, got {self.completion!r}")
-        if self.foreground_from not in FOREGROUND_SOURCES:
-            raise ValueError(f"scfg: foreground_from must be one of {FOREGROUND_SOURCES}, got {self.foreground_from!r}")
 
-    def referenced_layers(self):
-        return self.layers or ()
-
-    def rows(self, request):
+    def conditions(self, request):
         return {"uncond": request.negative_prompt, "cond": request.prompt}
 
     def passes(self, step):
@@ -254,47 +250,24 @@ class SCFG(Method):
         return AttentionSink(per_head=self.reference, per_layer=self.reference)
 
     def combine(self, preds, step):
+        u, c = preds["uncond"], preds["cond"]
         if self.reference:
-            return self._combine_reference(preds, step)
+            def maps(name: str) -> torch.Tensor:
+                recorded = step.attention[name]
+                if recorded.cross_layers is None:
+                    raise RuntimeError("scfg reference=True needs per-layer maps (record into SCFG.attention_sink())")
+                return layer_token_maps(recorded.cross_layers, recorded.self_layers, step.layout, self.completion,
+                                        "code")
 
-        def maps(name: str) -> torch.Tensor:
-            recorded = step.attention[name]
-            return role_maps(recorded.cross, recorded.self_attn, step.roles[name], step.layout, self.completion)
+            cond = maps("cond")
+            fore = cond if self.foreground_from == "cond" else maps("uncond")
+            v = reference_prediction(u, c, self.cfg_scale, cond, fore, step.roles[self.foreground_from], step.layout)
+        else:
+            def maps(name: str) -> torch.Tensor:
+                recorded = step.attention[name]
+                return role_maps(recorded.cross, recorded.self_attn, step.roles[name], step.layout, self.completion)
 
-        cond = maps("cond")
-        fore = cond if self.foreground_from == "cond" else maps("uncond")
-        return scfg_prediction(preds["uncond"], preds["cond"], self.cfg_scale, cond, fore, step.layout)
-
-    def _combine_reference(self, preds, step):
-        def maps(name: str) -> torch.Tensor:
-            recorded = step.attention[name]
-            if recorded.cross_layers is None:
-                raise RuntimeError("scfg reference=True needs per-layer maps (record into SCFG.attention_sink())")
-            return layer_token_maps(recorded.cross_layers, recorded.self_layers, step.layout, self.completion, "code")
-
-        cond = maps("cond")
-        fore = cond if self.foreground_from == "cond" else maps("uncond")
-        return reference_prediction(preds["uncond"], preds["cond"], self.cfg_scale, cond, fore,
-                                    step.roles[self.foreground_from], step.layout)
-
-    def params(self):
-        return {
-            "cfg_scale": self.cfg_scale,
-            "layers": list(self.layers) if self.layers else "middle third of the first block list",
-            "completion": self.completion,
-            "foreground_from": self.foreground_from,
-            "reference": self.reference,
-            "completion_steps": COMPLETION_STEPS,
-            "smooth_sigma": SMOOTH_SIGMA,
-            "smooth_kernel": "code" if self.reference else "paper",
-            "region_tokens": "every text token" if self.reference else "background and content tokens",
-            "scale_resolution": "latent pixel" if self.reference else "token",
-            "layer_normalisation": "per block, then averaged" if self.reference else "after the block average",
-            "head_renormalisation": "per head, then averaged" if self.reference else "after the head average",
-            "scale_clamp": [SCALE_MIN, SCALE_MAX],
-            "scale_cap": SCALE_CAP,
-        }
-
-    @classmethod
-    def from_grid(cls, s):
-        return [cls(cfg_scale=w, layers=s.scfg_layers, reference=s.scfg_reference) for w in s.cfg_scales]
+            cond = maps("cond")
+            fore = cond if self.foreground_from == "cond" else maps("uncond")
+            v = scfg_prediction(u, c, self.cfg_scale, cond, fore, step.layout)
+        return step.postprocess_cfg(v, c)

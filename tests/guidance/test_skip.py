@@ -1,0 +1,92 @@
+"""Layer names and block skipping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cslg
+from cslg.layers import canonical_layers
+from cslg.families import adapter_for
+from cslg.families.base import LayerError
+from cslg.guidance.skip import skip_blocks
+
+from ..helpers import tiny
+
+
+def _sd3_inputs(pipe, batch=2):
+    g = torch.Generator("cpu").manual_seed(0)
+    tr = pipe.transformer
+    return dict(
+        hidden_states=torch.randn(batch, tr.config.in_channels, 16, 16, generator=g),
+        encoder_hidden_states=torch.randn(batch, 7, tr.config.joint_attention_dim, generator=g),
+        pooled_projections=torch.randn(batch, tr.config.pooled_projection_dim, generator=g),
+        timestep=torch.tensor([500.0] * batch),
+        return_dict=False,
+    )
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-sd35"])
+@pytest.mark.parametrize("layers", [[2], [0, 3], [5], [1, 2, 4]])
+def test_skip_equals_diffusers_skip_layers(name, layers):
+    pipe = tiny(name)
+    tr = pipe.transformer
+    inputs = _sd3_inputs(pipe)
+    with torch.no_grad():
+        ref = tr(**inputs, skip_layers=layers)[0]
+        with skip_blocks(pipe, layers) as names:
+            ours = tr(**inputs)[0]
+        plain = tr(**inputs)[0]
+    assert names == [str(layer) for layer in layers]
+    assert torch.allclose(ours, ref, atol=1e-6)
+    assert not torch.allclose(plain, ref, atol=1e-4), "skipping changed nothing: the test could not fail"
+
+
+def test_skip_restores_blocks_and_returns_inputs(flux_pipe):
+    tr = flux_pipe.transformer
+    block = tr.single_transformer_blocks[1]
+    h, e = torch.randn(1, 4, tr.inner_dim), torch.randn(1, 3, tr.inner_dim)
+    with skip_blocks(flux_pipe, ["s1", 0]) as names:
+        assert names == ["s1", "0"]
+        enc, hid = block(hidden_states=h, encoder_hidden_states=e, temb=None, image_rotary_emb=None)
+        assert enc is e and hid is h
+        assert "forward" in vars(tr.transformer_blocks[0]) and "forward" not in vars(tr.transformer_blocks[1])
+    assert "forward" not in vars(block) and "forward" not in vars(tr.transformer_blocks[0])
+
+
+def test_skip_restores_blocks_after_an_error(sd3_pipe):
+    block = sd3_pipe.transformer.transformer_blocks[2]
+    with pytest.raises(RuntimeError, match="boom"):
+        with skip_blocks(sd3_pipe, ["2"]):
+            assert "forward" in vars(block)
+            raise RuntimeError("boom")
+    assert "forward" not in vars(block)
+
+
+def test_layer_names_and_errors(flux_pipe, sd3_pipe):
+    flux, sd3 = adapter_for(flux_pipe), adapter_for(sd3_pipe)
+    names = cslg.layer_names(flux_pipe)
+    assert names[:2] == ["0", "1"] and names[-1] == "s5" and len(names) == 12
+    assert flux.layer_names == names and [name for name, _, _ in flux.blocks] == names
+    assert flux.blocks[6][1] is flux_pipe.transformer.single_transformer_blocks[0]
+    assert cslg.layer_names(sd3_pipe) == [str(i) for i in range(6)]
+    assert flux.resolve_layers([3, "S2", " s0"]) == ["3", "s2", "s0"]
+    assert canonical_layers(["3,8", "s1 4"]) == ("3", "8", "s1", "4")
+    assert canonical_layers("3,8 S12") == ("3", "8", "s12") and canonical_layers([5, "S2"]) == ("5", "s2")
+    assert flux.valid_range() == "0-5 (double-stream blocks) and s0-s5 (single-stream blocks)"
+    assert sd3.valid_range() == "0-5"
+    assert flux.block_groups() == [("double-stream blocks", 0), ("single-stream blocks", 6)]
+    assert sd3.block_groups() == [("joint blocks", 0)]
+    assert cslg.LayerError is LayerError and issubclass(LayerError, ValueError)
+    with pytest.raises(LayerError, match=r"0-5 \(double-stream blocks\) and s0-s5"):
+        flux.resolve_layers(["s6"])
+    with pytest.raises(LayerError, match="valid layers are 0-5"):
+        sd3.resolve_layers([6])
+    with pytest.raises(LayerError, match="valid layers are 0-5"):
+        sd3.resolve_layers(["s0"])
+    with pytest.raises(LayerError, match="twice"):
+        sd3.resolve_layers([1, "1"])
+    with pytest.raises(LayerError):
+        with skip_blocks(sd3_pipe, ["x"]):
+            pass
+    assert not any("forward" in vars(b) for _, b, _ in sd3.blocks)
