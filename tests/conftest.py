@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from .helpers import ROOT, tiny
+
+# The tiny models are too small to gain from threads; one thread is faster on a shared 2-core machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(params=["tiny-flux", "tiny-sd3", "tiny-sd35"])
