@@ -1,12 +1,8 @@
-"""The public surface: ``import cslg``, ``cslg.generate``, ``cslg.layer_names``, ``cslg.find_layers`` and the
-``cslg`` command (``python -m cslg``)."""
+"""The public Python API: names, generate, find_layers."""
 
 from __future__ import annotations
 
 import json
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +10,11 @@ import pytest
 import torch
 
 import cslg
-from cslg.cli import main
 from cslg.families import adapter_for
 from cslg.methods import Method
 from cslg.guidance.sampling import sample
 
-from .helpers import ROOT, tiny
+from .helpers import tiny
 
 SMALL = dict(steps=2, height=32, width=32, max_sequence_length=32)
 PROMPT = "a sign that says 'OPEN'"
@@ -105,48 +100,3 @@ def test_find_layers(sd3_pipe, tmp_path):
     assert kept["path"] == str(tmp_path / "layers.json") and all(Path(f).is_file() for f in kept["figures"])
     assert json.loads((tmp_path / "layers.json").read_text())["suggested"] == result["suggested"]
     assert (tmp_path / "capture.safetensors").is_file() and len(list(tmp_path.glob("*.png"))) == 2
-
-
-def _cslg(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "cslg", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-def test_command_help(capsys):
-    done = _cslg("--help")
-    assert done.returncode == 0, done.stderr
-    for command in ("capture", "analyse", "grid", "eval", "inspect", "paper"):
-        assert re.search(rf"\n\s+{command}\s", done.stdout), command
-    with pytest.raises(SystemExit) as exit_:  # the same entry point in-process (no second interpreter start)
-        main(["grid", "--help"])
-    assert exit_.value.code == 0 and "--cslg-scales" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="unknown command 'paint'"):
-        main(["paint"])
-
-
-def test_command_grid_end_to_end(tmp_path):
-    out = tmp_path / "run"
-    done = _cslg("grid", "--model", "tiny-sd3", "--limit", "1", "--seeds", "0", "--steps", "2", "--height", "32",
-                 "--width", "32", "--max-sequence-length", "32", "--methods", "none", "cfg", "--out", str(out))
-    assert done.returncode == 0, done.stderr[-3000:]
-    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert sorted(r["method"] for r in records) == ["cfg", "none"]
-    assert all((out / r["image"]).is_file() and r["model"] == "tiny-sd3" and r["seed"] == 0 for r in records)
-    assert all(r["params"]["steps"] == 2 and r["params"]["height"] == 32 for r in records)
-    assert len(list((out / "contact_sheets").glob("*.png"))) == 1
-    assert f"run folder: {out}" in done.stdout
-
-
-def test_option_vocabularies_match_the_implementations():
-    """``cslg.options`` lists what the heavy modules implement (the parsers read it without importing them)."""
-    from cslg.evaluation.ocr import ENGINES
-    from cslg.families import ADAPTERS
-    from cslg.options import OCR_ENGINES, TINY_PRESETS
-
-    assert OCR_ENGINES == tuple(ENGINES)
-    assert TINY_PRESETS == tuple(p for cls in ADAPTERS for p in cls.tiny_presets)
-
-
-def test_help_imports_no_torch():
-    code = ("import sys, FLUX_final_experiments, SD3_LayerExperiment_pairwise, visualize, eval; "
-            "import cslg.cli; assert 'torch' not in sys.modules and 'diffusers' not in sys.modules")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
