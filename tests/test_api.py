@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from cslg.families import adapter_for
 from cslg.methods import Method
 from cslg.guidance.sampling import sample
 
-from .helpers import tiny
+from .helpers import ROOT, tiny
 
 SMALL = dict(steps=2, height=32, width=32, max_sequence_length=32)
 PROMPT = "a sign that says 'OPEN'"
@@ -100,3 +102,28 @@ def test_find_layers(sd3_pipe, tmp_path):
     assert kept["path"] == str(tmp_path / "layers.json") and all(Path(f).is_file() for f in kept["figures"])
     assert json.loads((tmp_path / "layers.json").read_text())["suggested"] == result["suggested"]
     assert (tmp_path / "capture.safetensors").is_file() and len(list(tmp_path.glob("*.png"))) == 2
+
+
+def test_callback_runs_once_per_step_and_can_change_the_latents(sd3_pipe):
+    run = dict(seed=1, steps=3, height=32, width=32, max_sequence_length=32, output_type="latent", progress=False)
+    method = cslg.CFG(4.0)
+    plain = cslg.generate(sd3_pipe, PROMPT, method, **run)
+    seen = []
+    same = cslg.generate(sd3_pipe, PROMPT, method, callback=lambda i, t, x: seen.append((i, float(t), x.shape)), **run)
+    assert [i for i, _, _ in seen] == [0, 1, 2] and len({t for _, t, _ in seen}) == 3
+    assert torch.equal(same, plain)  # returning None continues from the scheduler's latents
+    assert torch.equal(cslg.generate(sd3_pipe, PROMPT, method, callback=lambda i, t, x: x, **run), plain)
+    halved = cslg.generate(sd3_pipe, PROMPT, method, callback=lambda i, t, x: x * 0.5 if i == 0 else None, **run)
+    assert (halved - plain).abs().max() > 1e-3
+
+
+def test_find_layers_leaves_a_users_matplotlib_backend_alone(tmp_path):
+    code = ("import matplotlib; matplotlib.use('svg'); import cslg\n"
+            "from cslg.models import load_pipeline\n"
+            "pipe = load_pipeline('tiny-sd3', device='cpu')\n"
+            "cslg.find_layers(pipe, [('a mug', \"a mug that says 'HI'\")], steps=2, height=32, width=32, "
+            f"max_sequence_length=32, top_k=1, out={str(tmp_path)!r})\n"
+            "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list(tmp_path.glob("*.png"))) == 2  # the figures were still written

@@ -37,25 +37,34 @@ def plot_methods(summary: Sequence[dict], path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
 
 
-def plot_heatmap(rows: Sequence[dict], path: str | os.PathLike) -> bool:
-    """Mean ocr_similarity of the scored ``cslg`` images over cfg_scale (rows) x its scale (columns); drawn
-    (returns True) only when each takes several values. Several layer sets are averaged, as the title says."""
+def heatmap_grid(rows: Sequence[dict]) -> tuple[list[float], list[float], np.ndarray, int] | None:
+    """``(cfg scales, cslg scales, mean ocr_similarity [cfg, cslg], number of layer sets)`` of the scored ``cslg``
+    rows, or ``None`` unless both scales take several values."""
     cslg = [r for r in rows if r["method"] == HEATMAP_METHOD and not r["error"]]
     points = [
         (_as_float(r.get(f"param.{HEATMAP_ROWS}")),
          _as_float(r.get(f"param.{HEATMAP_COLS}", r.get(f"param.{LEGACY_COLS}"))), r["ocr_similarity"])
         for r in cslg
     ]
-    layer_sets = {r.get("param.layers") for r in cslg}
     points = [p for p in points if p[0] is not None and p[1] is not None]
     row_values, col_values = sorted({p[0] for p in points}), sorted({p[1] for p in points})
     if len(row_values) < 2 or len(col_values) < 2:
-        return False
+        return None
     sums, counts = np.zeros((len(row_values), len(col_values))), np.zeros((len(row_values), len(col_values)))
     for r, c, value in points:
         sums[row_values.index(r), col_values.index(c)] += value
         counts[row_values.index(r), col_values.index(c)] += 1
     grid = np.divide(sums, counts, out=np.full_like(sums, np.nan), where=counts > 0)
+    return row_values, col_values, grid, len({r.get("param.layers") for r in cslg})
+
+
+def plot_heatmap(rows: Sequence[dict], path: str | os.PathLike) -> bool:
+    """The ``heatmap_grid`` of ``rows`` as a figure (returns whether one was drawn); several layer sets are averaged,
+    as the title says."""
+    found = heatmap_grid(rows)
+    if found is None:
+        return False
+    row_values, col_values, grid, layer_sets = found
     fig = Figure(figsize=(1.1 * len(col_values) + 2.5, 0.8 * len(row_values) + 2), layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(grid, origin="lower", vmin=0, vmax=1, cmap="viridis")
@@ -66,7 +75,7 @@ def plot_heatmap(rows: Sequence[dict], path: str | os.PathLike) -> bool:
     ax.set_yticks(range(len(row_values)), [f"{v:g}" for v in row_values])
     ax.set_xlabel(f"{HEATMAP_METHOD} scale s")
     ax.set_ylabel("CFG scale w")
-    averaged = f"\n(mean over {len(layer_sets)} layer sets)" if len(layer_sets) > 1 else ""
+    averaged = f"\n(mean over {layer_sets} layer sets)" if layer_sets > 1 else ""
     ax.set_title(f"{HEATMAP_METHOD}: mean OCR similarity{averaged}", fontsize=10)
     fig.colorbar(image, ax=ax, label="OCR similarity")
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150))

@@ -33,8 +33,8 @@ class Option:
     """What an option declares besides its type and default (see the module docstring).
 
     ``low``/``high``: inclusive bounds of a number (of every entry of a list). ``axis``: in a grid the flag takes
-    several values, one cell each. ``flag``: the command-line flag (default ``--<method>-<name>``, with a plural
-    ``s`` for an axis). ``family_default``: the adapter attribute (or method) whose value replaces ``None`` when
+    several values, one cell each. ``flag``: the command-line flag (default ``--<method>-<name>``, plural for an
+    axis: ``--cslg-scales``). ``family_default``: the adapter attribute (or method) whose value replaces ``None`` when
     the method is bound to a model (``Method.bind``). ``fallback``: the flag whose value applies in a grid when
     this option's own flag is not given.
     """
@@ -67,7 +67,8 @@ class Declared:
     def flag(self, method: str) -> str:
         if self.spec.flag:
             return self.spec.flag
-        return f"--{method}-{self.name.replace('_', '-')}" + ("s" if self.spec.axis else "")
+        plural = ("es" if self.name.endswith("s") else "s") if self.spec.axis else ""
+        return f"--{method}-{self.name.replace('_', '-')}{plural}"
 
     @property
     def required(self) -> bool:

@@ -13,6 +13,7 @@ from cslg import evaluation
 from cslg.evaluation import evaluate, expected_text, flatten_params, load_manifest, records_from_images
 from cslg.io import append_jsonl
 from cslg.evaluation.ocr import render_text
+from cslg.evaluation.plots import heatmap_grid
 from cslg.text import prompt_slug
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,19 +197,24 @@ def test_corrupt_image_and_prompt_without_text_become_error_rows(tmp_path):
 def test_cfg_x_cslg_sweep_draws_a_heatmap(tmp_path):
     records = []
     for cfg in (3.0, 7.0):
-        for cslg in (0.0, 1.0, 2.0):
-            name = f"img_cfg{cfg}_cslg{cslg}.png"
-            render_text("HI").save(tmp_path / name)
-            params = {"cfg_scale": cfg, "cslg_scale": cslg}
-            records.append({"image": name, "prompt": "a sign 'HI'", "method": "cslg", "params": params})
+        for scale in (0.0, 1.0, 2.0):
+            for method in ("cslg", "slg"):  # slg's scale has the same name: it must not enter the cslg heatmap
+                name = f"img_{method}_cfg{cfg}_s{scale}.png"
+                render_text("HI" if method == "cslg" else "XX").save(tmp_path / name)
+                params = {"cfg_scale": cfg, "scale": scale}
+                records.append({"image": name, "prompt": "a sign 'HI'", "method": method, "params": params})
     write_manifest(tmp_path, records)
-    result = evaluate(load_manifest(tmp_path), tmp_path, tmp_path / "eval", FakeEngine(reply=lambda path: "HI"))
+    engine = FakeEngine(reply=lambda path: "HI" if "cslg" in Path(path).name else "XX")
+    result = evaluate(load_manifest(tmp_path), tmp_path, tmp_path / "eval", engine)
     assert result.files["heatmap"].stat().st_size > 0
-    assert [s["label"] for s in result.summary][:2] == [
-        "cslg (cfg_scale=3.0, cslg_scale=0.0)",
-        "cslg (cfg_scale=3.0, cslg_scale=1.0)",
-    ]
-    assert len(result.summary) == 6
+    assert [s["label"] for s in result.summary][:3] == [
+        "cslg (cfg_scale=3.0, scale=0.0)", "slg (cfg_scale=3.0, scale=0.0)", "cslg (cfg_scale=3.0, scale=1.0)"]
+    assert len(result.summary) == 12
+    cfg_scales, cslg_scales, grid, layer_sets = heatmap_grid(result.rows)
+    assert cfg_scales == [3.0, 7.0] and cslg_scales == [0.0, 1.0, 2.0] and layer_sets == 1
+    assert (grid == 1.0).all()  # the slg rows (OCR "XX", similarity 0) are not averaged in
+    legacy = [{**r, "param.cslg_scale": r.pop("param.scale")} for r in [dict(r) for r in result.rows]]
+    assert heatmap_grid(legacy)[1] == [0.0, 1.0, 2.0]  # manifests of cslg 0.2 called it cslg_scale
 
 
 def test_labels_show_the_params_that_vary_within_a_method(tmp_path):

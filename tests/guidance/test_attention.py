@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import cslg
 import cslg.guidance.attention as attention
 from cslg.guidance.attention import AttentionSink, attention_probs, renormalise, split_roles
 from cslg.guidance.executor import Executor
@@ -178,3 +179,29 @@ def test_text_roles():
     assert roles.background == (0,)
     assert roles.content == tuple(range(1, len(sd3.pipe.tokenizer("a dog").input_ids) - 1))
     assert roles.others == tuple(range(1, 77 + TEXT_LEN))
+
+
+def test_torch_sdpa_is_never_replaced_and_no_mode_outlives_a_run(sd3_pipe):
+    """Attention interception is scoped to the hooked attention modules: torch's function stays the same object,
+    during a run (seen from an unhooked module) and after it returns or raises."""
+    from torch.overrides import _get_current_function_mode_stack
+
+    original = torch.nn.functional.scaled_dot_product_attention
+    seen = []
+    handle = sd3_pipe.transformer.transformer_blocks[3].attn.register_forward_hook(
+        lambda *a: seen.append((torch.nn.functional.scaled_dot_product_attention, _get_current_function_mode_stack())))
+    run = dict(steps=2, height=32, width=32, max_sequence_length=32, output_type="latent", progress=False)
+    try:
+        cslg.generate(sd3_pipe, "a mug", cslg.PAG(["1"], 2.0, 4.0), **run)
+        assert seen and all(f is original and not modes for f, modes in seen)
+        assert torch.nn.functional.scaled_dot_product_attention is original
+        with pytest.raises(RuntimeError, match="stop"):
+            cslg.generate(sd3_pipe, "a mug", cslg.SCFG(4.0), callback=lambda i, t, x: (_ for _ in ()).throw(
+                RuntimeError("stop")), **run)
+        assert torch.nn.functional.scaled_dot_product_attention is original
+        assert not _get_current_function_mode_stack()
+    finally:
+        handle.remove()
+    adapter = adapter_for(sd3_pipe)
+    modules = [m for _, block, bl in adapter.blocks for m, _ in adapter.attention_calls(block, bl)]
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in modules)  # ours are gone, the test's too

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusers.hooks import HookRegistry, ModelHook
 
 import cslg
-from cslg.layers import canonical_layers
 from cslg.families import adapter_for
 from cslg.families.base import LayerError
 from cslg.guidance.skip import skip_blocks
+from cslg.layers import canonical_layers
 
 from ..helpers import tiny
 
@@ -90,3 +91,44 @@ def test_layer_names_and_errors(flux_pipe, sd3_pipe):
         with skip_blocks(sd3_pipe, ["x"]):
             pass
     assert not any("forward" in vars(b) for _, b, _ in sd3.blocks)
+
+
+class CountingHook(ModelHook):
+    """A user's diffusers hook: counts the calls of the block it is registered on."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def pre_forward(self, module, *args, **kwargs):
+        self.calls += 1
+        return args, kwargs
+
+
+def test_a_users_hooks_keep_working_during_and_after_skip_blocks_and_generate(sd3_pipe):
+    blocks = sd3_pipe.transformer.transformer_blocks
+    kept, skipped = CountingHook(), CountingHook()
+    HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(kept, "user")
+    HookRegistry.check_if_exists_or_initialize(blocks[2]).register_hook(skipped, "user")
+    torch_calls = []
+    handle = blocks[2].register_forward_pre_hook(lambda m, a, kw: torch_calls.append(1), with_kwargs=True)
+    run = dict(num_inference_steps=2, height=32, width=32, max_sequence_length=32, output_type="latent")
+    try:
+        with skip_blocks(sd3_pipe, ["2"]):
+            sd3_pipe("a mug", guidance_scale=1.0, **run)
+            assert set(blocks[2]._diffusers_hook.hooks) == {"user", "cslg_skip_block"}
+        assert kept.calls == 2 and skipped.calls == 0  # the skipped block's computation, its hooks included
+        assert len(torch_calls) == 2  # torch's own hooks see the identity call
+        sd3_pipe("a mug", guidance_scale=1.0, **run)
+        assert kept.calls == 4 and skipped.calls == 2 and list(blocks[2]._diffusers_hook.hooks) == ["user"]
+        cslg.generate(sd3_pipe, "a mug", cslg.CSLG(["2"], 1.0, 1.0), steps=2, height=32, width=32,
+                      max_sequence_length=32, output_type="latent", progress=False)
+        assert kept.calls == 6 and skipped.calls == 4  # the unskipped pass ran block 2 with its hook at both steps
+        sd3_pipe("a mug", guidance_scale=1.0, **run)
+        assert kept.calls == 8 and skipped.calls == 6
+    finally:
+        handle.remove()
+        for block in (blocks[0], blocks[2]):
+            block._diffusers_hook.remove_hook("user", recurse=False)
+            del block._diffusers_hook
+            vars(block).pop("forward", None)
