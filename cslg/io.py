@@ -36,9 +36,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp):
+            raise OSError(e.errno, e.strerror, str(path)) from e  # name the file the user knows, not the temporary one
         raise
     return path
 
@@ -54,30 +56,66 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one JSON object as a single line; a line is written with one ``write`` call and fsynced."""
+    """Append one JSON object as one line, all or nothing: a write that fails (a full disk, a file-size limit) is
+    undone (the file is cut back to its previous end) before the error is raised; the line is fsynced."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    line = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
+    with open(path, "ab") as f:
+        end = f.seek(0, os.SEEK_END)
+        try:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError:
+            f.truncate(end)
+            raise
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-empty line; a bad line raises naming file and line."""
+def read_jsonl(path: str | os.PathLike, torn: str = "error") -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for each non-empty line; a bad line raises naming file and line.
+
+    ``torn``: what to do with a last line that a crash cut short (not valid JSON, no final newline): ``"error"``,
+    ``"skip"`` it, or ``"repair"`` the file (cut it back to its last complete line; the caller writes the row
+    again). A bad line anywhere else is always an error.
+    """
     path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}: line {lineno} is not a JSON object")
-            yield lineno, obj
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror})") from None
+    lines = data.split(b"\n")
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: line {lineno} is not valid UTF-8 ({e.reason})") from None
+        except json.JSONDecodeError as e:
+            if lineno == len(lines) and torn != "error":  # the last line, without its newline: a torn append
+                if torn == "repair":
+                    with open(path, "r+b") as f:
+                        f.truncate(len(data) - len(raw))
+                return
+            raise ValueError(f"{path}: line {lineno} is not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: line {lineno} is not a JSON object")
+        yield lineno, obj
+
+
+def check_writable(folder: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create ``folder`` if needed and make sure a file can be written in it, or raise ``ValueError`` naming it (so
+    a run fails before the model loads, not after its first image)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".cslg-write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"{flag} {folder}: cannot write there ({e.strerror})") from None
+    return folder
 
 
 _TEMP = re.compile(r"^\..+\.(\d+)\.[^.]*" + re.escape(TEMP_MARK))

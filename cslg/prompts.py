@@ -19,6 +19,7 @@ entry index and the key concerned.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ PAIR_KEY_STYLES: dict[tuple[str, str], str] = {
     ("negative", "positive"): "generic",
 }
 GENERATION_KEYS: tuple[str, ...] = ("prompt", "expected_text", "concepts")
+DATASETS = "prompt_datasets"  # the toolkit's prompt files: the clone's folder, shipped in the wheel as cslg.prompt_datasets
 
 
 class PromptFileError(ValueError):
@@ -131,10 +133,26 @@ def load_generation_prompts(path: str | os.PathLike, limit: int | None = None) -
 # --------------------------------------------------------------------------- helpers
 
 
+def locate(path: str | os.PathLike) -> Path:
+    """``path``, or, for a ``prompt_datasets/...`` path that does not exist here, the toolkit's own copy of that file
+    (inside the installed package, or in the source checkout), so the default prompt files are found outside a
+    clone and from any working directory."""
+    given = Path(path)
+    if given.exists() or given.is_absolute() or given.parts[:1] != (DATASETS,):
+        return given
+    spec = importlib.util.find_spec(f"cslg.{DATASETS}")
+    installed = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    for base in (*installed, Path(__file__).resolve().parents[1] / DATASETS):
+        if (candidate := base.joinpath(*given.parts[1:])).is_file():
+            return candidate
+    return given
+
+
 def _read_entries(path: Path, limit: int | None) -> list[Any]:
     """Check ``limit``, read the file and return its top-level JSON list (non-empty)."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise PromptFileError(f"{path}: limit must be a positive integer or None, got {limit!r}")
+    path = locate(path)
     if not path.exists():
         raise PromptFileError(f"{path}: prompt file not found")
     if not path.is_file():

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..options import BASELINES, CHANGE_METRICS
+from .common import one_line_errors
 
 DEFAULTS = dict(out="outputs/analysis", metric="difference", baseline="input", step="all", top_k=3, dpi=300,
                 ylim=None)
@@ -31,6 +32,7 @@ def configure(p: argparse.ArgumentParser, **overrides) -> argparse.ArgumentParse
     return p
 
 
+@one_line_errors
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
     """Rank the layers of the captures and write layers.json and the figures; returns the layers.json path."""
     from ..analysis import analyse

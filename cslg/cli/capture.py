@@ -10,8 +10,17 @@ from pathlib import Path
 from ..options import COMPARED, SITES, TRAJECTORIES
 from ..prompts import load_pairs
 from .common import (
-    add_image_args, add_model_args, check_loaded, check_numbers, int_list, load_from_args, prompts_from_args,
+    add_image_args,
+    add_model_args,
+    check_loaded,
+    check_numbers,
+    check_seeds,
+    int_list,
+    load_from_args,
+    one_line_errors,
+    prompts_from_args,
     require_positive,
+    writable,
 )
 
 DEFAULTS = dict(model=None, prompts="prompt_datasets/prompts_text_notext.json", pairs=100, seed=0, steps=28,
@@ -49,6 +58,7 @@ def configure(p: argparse.ArgumentParser, **overrides) -> argparse.ArgumentParse
     return p
 
 
+@one_line_errors
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser, family: str | None = None) -> Path:
     """Validate the flags, load the model and pairs, capture, and print where the file is."""
     from ..capture import CaptureConfig, resolve_steps, run_capture
@@ -58,7 +68,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, family: str |
     check_numbers(args, {"guidance": (0, None)})
     if args.preset == "paper":
         args.site, args.compare, args.trajectory = "attn", "all", "independent"
+    check_seeds([args.seed], "--seed")
     pairs = prompts_from_args(load_pairs, args, args.pairs)
+    out = Path(args.out)
+    if out.is_dir():
+        raise SystemExit(f"--out {out} is a directory: give a .safetensors file name")
+    writable(out.parent)
     pipe = load_from_args(args, family)
     adapter = adapter_for(pipe, guidance=args.guidance)
     check_loaded(adapter, args)

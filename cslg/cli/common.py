@@ -4,8 +4,9 @@ prompts with one-line errors. Imports nothing heavy: torch and diffusers load wh
 from __future__ import annotations
 
 import argparse
+import functools
 import math
-from typing import Any
+from typing import Callable
 
 from ..options import DTYPE_NAMES, OFFLOAD_MODES, TINY_PRESETS
 from ..prompts import PromptFileError
@@ -124,6 +125,41 @@ def check_loaded(adapter, args: argparse.Namespace, ranking_file: dict | None = 
         print(f"warning: --layers-from {args.layers_from} ranks the layers of {model}, not of {args.model}")
 
 
-def fail(error: Exception, prefix: str = "error") -> Any:
-    """Exit with ``error``'s message on one line."""
-    raise SystemExit(f"{prefix}: {error}") from None
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
+
+
+def check_seeds(seeds: list[int], flag: str = "--seeds") -> None:
+    """Exit naming the flag for no seed, a repeated one, or one a torch generator cannot take."""
+    if not seeds:
+        raise SystemExit(f"{flag}: give at least one seed")
+    for seed in seeds:
+        if not 0 <= seed <= MAX_SEED:
+            raise SystemExit(f"{flag}: seed {seed} is not between 0 and 2**63 - 1")
+    if len(set(seeds)) < len(seeds):
+        raise SystemExit(f"{flag}: seed {next(s for s in seeds if seeds.count(s) > 1)} is given twice")
+
+
+def writable(folder, flag: str = "--out") -> None:
+    """Exit with one line unless files can be written in ``folder`` (checked before the model loads)."""
+    from ..io import check_writable
+
+    try:
+        check_writable(folder, flag)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def one_line_errors(run: Callable) -> Callable:
+    """A command's ``run`` whose operating-system errors (a full disk, a file-size limit, a folder made read-only
+    during the run) end in one line: what failed and that the finished work is kept."""
+
+    @functools.wraps(run)
+    def wrapped(*args, **kwargs):
+        try:
+            return run(*args, **kwargs)
+        except OSError as e:
+            where = f": {e.filename}" if e.filename else ""
+            raise SystemExit(f"error: {e.strerror or e}{where} (what was finished is kept: run the same command "
+                             "again to resume)") from None
+
+    return wrapped

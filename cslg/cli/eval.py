@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..options import ALL_ENGINES, OCR_ENGINES
+from .common import one_line_errors
 
 DEFAULTS = dict(engine="easyocr", bootstrap=1000, seed=0, out_subdir="eval")
 
@@ -31,6 +32,7 @@ def configure(p: argparse.ArgumentParser, **overrides) -> argparse.ArgumentParse
     return p
 
 
+@one_line_errors
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser):
     """Score the images and print the summary; returns the ``cslg.evaluation.EvalResult``."""
     if args.images is not None and args.prompts is None:
@@ -39,7 +41,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser):
         parser.error("--prompts goes with --images; a run folder's manifest already holds the prompts")
     if args.bootstrap < 0:
         parser.error("--bootstrap must be >= 0")
-    from ..evaluation import evaluate, format_summary, load_manifest, records_from_images
+    from ..evaluation import (
+        evaluate,
+        format_summary,
+        load_manifest,
+        records_from_images,
+    )
     from ..evaluation.ocr import engine_names, get_engine
 
     base_dir = args.run if args.run is not None else args.images

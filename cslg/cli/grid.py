@@ -15,8 +15,19 @@ from ..layers import canonical_layers, repeated
 from ..options import LAYER_COMBINATIONS
 from ..prompts import load_generation_prompts
 from .common import (
-    add_image_args, add_model_args, check_loaded, check_numbers, float_list, int_list, load_from_args,
-    optional_float, prompts_from_args, require_positive,
+    add_image_args,
+    add_model_args,
+    check_loaded,
+    check_numbers,
+    check_seeds,
+    float_list,
+    int_list,
+    load_from_args,
+    one_line_errors,
+    optional_float,
+    prompts_from_args,
+    require_positive,
+    writable,
 )
 
 DEFAULTS = dict(model=None, prompts="prompt_datasets/text_eval_prompts.json", out="outputs/run", seeds=[0], steps=28,
@@ -77,6 +88,8 @@ def configure(p: argparse.ArgumentParser, **overrides) -> argparse.ArgumentParse
     p.add_argument("--guidance", type=float, default=d["guidance"], help=d["guidance_help"])
     p.add_argument("--negative-prompt", default=d["negative_prompt"], help="negative prompt of the unconditional pass")
     p.add_argument("--shard", default=None, help="i/n: run shard i of n (default: from accelerate / SLURM env, else 0/1)")
+    p.add_argument("--batch-size", type=int, default=d.get("batch_size", 1),
+                   help="images of one method (seeds, prompts) in one batched forward (more: faster, more memory)")
     layers = p.add_argument_group("layers", "the blocks of --layers feed every method whose layers have no flag of "
                                   "their own or are not given")
     layers.add_argument("--layers-from", default=None, metavar="LAYERS_JSON",
@@ -203,6 +216,7 @@ def cells_of(argv: Sequence[str], default_layers: Sequence = ()) -> list:
     return unique_cells(grid_methods(args, layers, explicit))
 
 
+@one_line_errors
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser, family: str | None = None,
         default_layers: Sequence = ()) -> Path:
     """Validate the flags, build the grid, generate this shard's images, and print where they are."""
@@ -212,12 +226,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, family: str |
     from ..grid import ImageSettings, enumerate_groups, parse_shard, run_grid
     from ..grid.cells import unique_cells
 
-    require_positive(args, "steps", "height", "width", "max_sequence_length")
+    require_positive(args, "steps", "height", "width", "max_sequence_length", "batch_size")
     check_numbers(args, {"guidance": (0, None)})
-    if not args.seeds:
-        raise SystemExit("--seeds: give at least one seed")
-    if (twice := repeated(args.seeds)) is not None:
-        raise SystemExit(f"--seeds: seed {twice} is given twice")
+    check_seeds(args.seeds)
     if not args.out:
         raise SystemExit("--out: give a run folder")
     try:
@@ -227,6 +238,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, family: str |
     prompts = prompts_from_args(load_generation_prompts, args, args.limit)
     layers, explicit, ranking_file = grid_layers(args, default_layers)
     grid_methods(args, layers, explicit)  # every cell is built before the model loads, so bad settings fail fast
+    out = Path(args.out)
+    if not any(f.exists() and not f.is_dir() for f in (out, *out.parents)):  # a file in the way: run_grid says so
+        writable(out)
     if args.device is None and "LOCAL_RANK" in os.environ and torch.cuda.is_available():
         args.device = f"cuda:{os.environ['LOCAL_RANK']}"  # one process per GPU under accelerate launch
     pipe = load_from_args(args, family)
@@ -254,7 +268,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, family: str |
     print(f"grid: {len(prompts)} prompts x {len(args.seeds)} seeds x {len(methods)} method settings "
           f"= {len(prompts) * len(args.seeds) * len(methods)} images; shard {shard[0]}/{shard[1]}")
     try:
-        manifest = run_grid(adapter, groups, image_settings, args.out, args.model, shard)
+        manifest = run_grid(adapter, groups, image_settings, args.out, args.model, shard, batch_size=args.batch_size)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     print(f"run folder: {args.out}\n  manifest: {manifest}\n  contact sheets: {Path(args.out) / 'contact_sheets'}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .common import one_line_errors
+
 LONG_KEYS = ("prompts", "timesteps", "layer_names", "block_groups")
 
 
@@ -13,6 +15,7 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
+@one_line_errors
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     from ..analysis import per_pair_scores, rank_layers
     from ..capture import load_capture

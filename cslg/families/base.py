@@ -159,8 +159,9 @@ class Adapter:
     def encode(self, prompts: Sequence[str], max_sequence_length: int) -> Conditioning:
         raise NotImplementedError
 
-    def initial_noise(self, seed: int, height: int, width: int) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The noise diffusers draws for ``seed`` and the per-image extras the transformer needs."""
+    def initial_noise(self, seed: int | torch.Generator, height: int, width: int) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The noise diffusers draws for one image for ``seed`` (or from a generator) and the per-image extras the
+        transformer needs."""
         raise NotImplementedError
 
     def timesteps(self, steps: int, latents: torch.Tensor) -> torch.Tensor:
@@ -250,9 +251,9 @@ class SpatialAdapter(Adapter):
 
 
 # Helpers the adapters share ---------------------------------------------------------------------------------
-def generator(seed: int) -> torch.Generator:
-    """The generator diffusers' pipelines draw noise from for "seed S"."""
-    return torch.Generator("cpu").manual_seed(int(seed))
+def generator(seed: int | torch.Generator) -> torch.Generator:
+    """The generator diffusers' pipelines draw noise from for "seed S" (a generator is used as it is)."""
+    return seed if isinstance(seed, torch.Generator) else torch.Generator("cpu").manual_seed(int(seed))
 
 
 def resolution_shift(scheduler, image_seq_len: int, max_shift: float) -> float:

@@ -24,7 +24,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from ..families.base import Adapter
-from ..guidance.sampling import DegenerateMethodWarning, sample
+from ..guidance.sampling import DegenerateMethodWarning, sample_batch
 from ..io import (
     LockedError, append_jsonl, atomic_write, atomic_write_text, file_lock, image_problem, read_jsonl,
     remove_stale_temps, settings_stamp,
@@ -123,14 +123,21 @@ def manifest_record(job: Job, settings: ImageSettings, model: str, warning: str 
     return record
 
 
-def merge_manifests(out: Path) -> Path:
+def merge_manifests(out: Path, images: set[str] | None = None) -> Path:
     """Rewrite ``manifest.jsonl`` as the union of all shard manifests (one entry per image, the last row wins),
-    under a lock, so shards finishing at the same time cannot lose each other's rows."""
+    under a lock, so shards finishing at the same time cannot lose each other's rows. ``images``: the current grid's
+    images; rows of other cells (a prompt removed from the prompt file, a method left out) stay in the shard
+    manifests but not in ``manifest.jsonl``, so step 4 scores exactly this grid."""
     with file_lock(out / "manifests" / ".merge.lock"):
         records: dict[str, dict] = {}
         for shard_file in sorted((out / "manifests").glob("shard-*.jsonl")):
-            for _, record in read_jsonl(shard_file):
+            for _, record in read_jsonl(shard_file, torn="skip"):
                 records[record["image"]] = record
+        if images is not None:
+            if left_out := len(set(records) - images):
+                print(f"note: {left_out} image(s) of {out} belong to cells outside this grid: kept in "
+                      f"{out / 'manifests'}, left out of manifest.jsonl")
+            records = {image: r for image, r in records.items() if image in images}
         text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records.values())
         return atomic_write_text(out / "manifest.jsonl", text)
 
@@ -153,13 +160,15 @@ def run_grid(
     model: str,
     shard: tuple[int, int] = (0, 1),
     progress: bool = True,
+    batch_size: int = 1,
 ) -> Path:
     """Generate this shard's groups into ``out``; returns the merged manifest path.
 
     ``out/run.json`` records the model and image settings: a run folder only resumes or grows (more
     prompts, seeds, methods) under the same ones, since they are not part of the image names. One process runs a
     shard at a time (a second is refused); an image that does not open (a crash mid-write) is made again; a manifest
-    row whose prompt-file fields changed is rewritten.
+    row whose prompt-file fields changed is rewritten; a row torn by a crash is written again. ``batch_size``: how
+    many images of one method (several seeds or prompts) share one batched forward.
     """
     out = Path(out)
     check_run_settings(out, settings, model)
@@ -168,10 +177,10 @@ def run_grid(
         with file_lock(out / "manifests" / f".{name}.lock", wait=False, held_by=f"another process running shard "
                                                                               f"{shard[0]}/{shard[1]} of this folder"):
             _run_shard(adapter, shard_groups(groups, *shard), settings, out, model, out / "manifests" / f"{name}.jsonl",
-                       progress)
+                       progress, batch_size)
     except LockedError as e:
         raise ValueError(str(e)) from None
-    return merge_manifests(out)
+    return merge_manifests(out, {job.image for group in groups for job in group})
 
 
 def _same_row(a: dict, b: dict) -> bool:
@@ -179,35 +188,49 @@ def _same_row(a: dict, b: dict) -> bool:
     return {k: v for k, v in a.items() if k != "versions"} == {k: v for k, v in b.items() if k != "versions"}
 
 
+def _request(job: Job, settings: ImageSettings) -> Request:
+    return Request(job.prompt.prompt, settings.negative_prompt, job.prompt.concepts or ())
+
+
 def _run_shard(adapter: Adapter, mine: list[list[Job]], settings: ImageSettings, out: Path, model: str,
-               shard_manifest: Path, progress: bool) -> None:
+               shard_manifest: Path, progress: bool, batch_size: int = 1) -> None:
+    """Groups ``batch_size`` at a time: the missing images of each method across those groups in one batch, then
+    their manifest rows and contact sheets (an interruption loses at most one batch)."""
     remove_stale_temps(out)
-    recorded = {r["image"]: r for _, r in read_jsonl(shard_manifest)} if shard_manifest.exists() else {}
+    recorded = {}
+    if shard_manifest.exists():
+        recorded = {r["image"]: r for _, r in read_jsonl(shard_manifest, torn="repair")}
     bar = tqdm(total=sum(len(g) for g in mine), desc=f"images ({shard_manifest.stem})", disable=not progress)
     warned: set[str] = set()
-    for group in mine:
-        generated = False
-        for job in group:
-            path = out / job.image
-            request = Request(job.prompt.prompt, settings.negative_prompt, job.prompt.concepts or ())
-            warning = job.method.degenerate(settings.steps, job.method.conditions(request))
-            if warning and (message := f"{method_label(job.method)}: {warning}") not in warned:
-                warned.add(message)  # once per run and setting; every affected manifest row records it
-                tqdm.write(f"warning: {message}")
-            if image_problem(path):
-                generated = True
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DegenerateMethodWarning)  # reported above
-                    image = sample(adapter, job.method, request, job.seed, settings.steps, settings.height,
-                                   settings.width, settings.max_sequence_length)
-                atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
-            record = manifest_record(job, settings, model, warning)
-            if job.image not in recorded or not _same_row(recorded[job.image], record):
-                append_jsonl(shard_manifest, record)  # new, or the prompt file changed: the last row wins
-                recorded[job.image] = record
-            bar.update()
-        sheet = out / "contact_sheets" / f"{prompt_slug(group[0].prompt.prompt)}_seed{group[0].seed}.png"
-        if generated or not sheet.exists():
-            contact_sheet([out / j.image for j in group], [method_label(j.method) for j in group],
-                          f"seed {group[0].seed}: {group[0].prompt.prompt}", sheet)
+    for first in range(0, len(mine), batch_size):
+        chunk = mine[first:first + batch_size]
+        pending: dict[Method, list[Job]] = {}
+        for job in (job for group in chunk for job in group):
+            if image_problem(out / job.image):
+                pending.setdefault(job.method, []).append(job)
+        for method, jobs in pending.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DegenerateMethodWarning)  # reported below, once per setting
+                images = sample_batch(adapter, method, [_request(j, settings) for j in jobs], [j.seed for j in jobs],
+                                      settings.steps, settings.height, settings.width, settings.max_sequence_length)
+            for job, image in zip(jobs, images):
+                atomic_write(out / job.image, lambda tmp, image=image: image.save(tmp, format="PNG"))
+        made = {job.image for jobs in pending.values() for job in jobs}
+        for group in chunk:
+            marks = []
+            for job in group:
+                warning = job.method.degenerate(settings.steps, job.method.conditions(_request(job, settings)))
+                if warning and (message := f"{method_label(job.method)}: {warning}") not in warned:
+                    warned.add(message)  # once per run and setting; every affected manifest row records it
+                    tqdm.write(f"warning: {message}")
+                marks.append(warning)
+                record = manifest_record(job, settings, model, warning)
+                if job.image not in recorded or not _same_row(recorded[job.image], record):
+                    append_jsonl(shard_manifest, record)  # new, or the prompt file changed: the last row wins
+                    recorded[job.image] = record
+                bar.update()
+            sheet = out / "contact_sheets" / f"{prompt_slug(group[0].prompt.prompt)}_seed{group[0].seed}.png"
+            if made & {job.image for job in group} or not sheet.exists():
+                contact_sheet([out / j.image for j in group], [method_label(j.method) for j in group],
+                              f"seed {group[0].seed}: {group[0].prompt.prompt}", sheet, marks=marks)
     bar.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -14,7 +14,11 @@ from tqdm.auto import tqdm
 from ..families.base import Adapter
 from ..families.layout import Conditioning
 from ..methods.base import Method, Request, Step
+from .batch import batched
 from .executor import BlockObserver, Executor
+
+# "seed S" is the noise diffusers draws for ``torch.Generator("cpu").manual_seed(S)``; a generator is drawn from as is
+Seed = Union[int, torch.Generator]
 
 # ``callback(step index, timestep, latents)`` after each scheduler step; may return new latents (or None).
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
@@ -37,13 +41,20 @@ class Prepared:
     texts: dict[str, str]
 
 
-def prepare(adapter: Adapter, conditions: dict[str, str], seed: int, steps: int, height: int, width: int,
-            max_sequence_length: int) -> Prepared:
-    """Encode ``conditions`` (name -> prompt), draw the noise of ``seed`` and the timesteps."""
+def prepare(adapter: Adapter, conditions: dict[str, str], seed: Seed | Sequence[Seed], steps: int, height: int,
+            width: int, max_sequence_length: int, latents: torch.Tensor | None = None) -> Prepared:
+    """Encode ``conditions`` (name -> prompt), draw the noise of ``seed`` (one per image of a batch) and the
+    timesteps. ``latents``: initial latents to start from instead (in the pipeline's layout)."""
     adapter.check_settings(height, width, max_sequence_length)
     names = list(conditions)
     cond = adapter.encode([conditions[n] for n in names], max_sequence_length)
-    latents, extras = adapter.initial_noise(seed, height, width)
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
+    noise = [adapter.initial_noise(s, height, width) for s in seeds]
+    extras = noise[0][1]
+    if latents is None:
+        latents = torch.cat([x for x, _ in noise])
+    else:
+        latents = latents.to(noise[0][0].device, noise[0][0].dtype)
     timesteps = adapter.timesteps(steps, latents)
     return Prepared(names, cond, latents, timesteps, extras, dict(conditions))
 
@@ -98,11 +109,11 @@ def denoise(
 
 
 @torch.no_grad()
-def sample(
+def sample_batch(
     adapter: Adapter,
     method: Method,
-    request: Request,
-    seed: int,
+    requests: Sequence[Request],
+    seeds: Sequence[Seed],
     steps: int,
     height: int,
     width: int,
@@ -111,15 +122,27 @@ def sample(
     attention_kwargs: dict[str, Any] | None = None,
     progress: bool = False,
     callback: StepCallback | None = None,
+    latents: torch.Tensor | None = None,
 ):
-    """One image for ``request`` from the noise of ``seed`` (the noise diffusers draws for that seed).
-    ``output_type="latent"``: the final latents, not decoded (as diffusers' pipelines return them)."""
+    """One image per request, image ``j`` from the noise of ``seeds[j]`` (the noise diffusers draws for that seed or
+    from that generator), all in one batched forward per step. Returns what the pipeline's image processor returns
+    for the batch (``pil``: a list of images; ``np``: an array ``[N, H, W, 3]``), or the final latents
+    (``output_type="latent"``, not decoded, as diffusers' pipelines return them)."""
+    if len(seeds) != len(requests):
+        raise ValueError(f"{len(seeds)} seeds for {len(requests)} images")
     method = method.bind(adapter)
-    conditions = method.conditions(request)
-    if reason := method.degenerate(steps, conditions):
-        warnings.warn(f"{method.name}: {reason}", DegenerateMethodWarning, stacklevel=2)
-    run = prepare(adapter, conditions, seed, steps, height, width, max_sequence_length)
-    latents = denoise(adapter, method, run, attention_kwargs=attention_kwargs, progress=progress, callback=callback)
+    if reason := method.degenerate(steps, method.conditions(requests[0])):
+        warnings.warn(f"{method.name}: {reason}", DegenerateMethodWarning, stacklevel=3)
+    many = batched(method, requests)
+    run = prepare(adapter, many.conditions(requests[0]), seeds, steps, height, width, max_sequence_length, latents)
+    latents = denoise(adapter, many, run, attention_kwargs=attention_kwargs, progress=progress, callback=callback)
     if output_type == "latent":
-        return latents[0]
-    return adapter.decode(latents, height, width, output_type)[0]
+        return latents
+    return adapter.decode(latents, height, width, output_type)
+
+
+def sample(adapter: Adapter, method: Method, request: Request, seed: Seed, steps: int, height: int, width: int,
+           max_sequence_length: int, output_type: str = "pil", **kwargs: Any):
+    """One image for ``request`` from the noise of ``seed`` (``sample_batch`` of one)."""
+    return sample_batch(adapter, method, [request], [seed], steps, height, width, max_sequence_length, output_type,
+                        **kwargs)[0]

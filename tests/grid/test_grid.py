@@ -11,6 +11,7 @@ import FLUX_final_experiments as flux_script
 import SD3_final_experiments as sd3_script
 from cslg.families import adapter_for
 from cslg.cli.grid import cells_of
+from cslg.grid.contact_sheet import GAP
 from cslg.grid import ImageSettings, enumerate_groups, method_tag, parse_shard, run_grid, shard_groups
 from cslg.methods import CFG, CSLG, SCFG, ConceptDiffusion, NoGuidance, layer_combinations
 from cslg.io import read_jsonl
@@ -90,7 +91,7 @@ def test_run_resume_after_interruption_and_shards_merge(sd3_pipe, tmp_path, monk
     groups = enumerate_groups(PROMPTS, [0, 1], methods)
     settings = ImageSettings(steps=3, height=32, width=32, max_sequence_length=64)
     calls = []
-    real = grid_mod.sample
+    real = grid_mod.sample_batch
 
     def flaky(*a, **kw):
         if len(calls) == 4:
@@ -98,13 +99,13 @@ def test_run_resume_after_interruption_and_shards_merge(sd3_pipe, tmp_path, monk
         calls.append(1)
         return real(*a, **kw)
 
-    monkeypatch.setattr(grid_mod, "sample", flaky)
+    monkeypatch.setattr(grid_mod, "sample_batch", flaky)
     with pytest.raises(KeyboardInterrupt):
         run_grid(d, groups, settings, tmp_path, "tiny-sd3", shard=(0, 2), progress=False)
     assert len(list(tmp_path.rglob("images/**/*.png"))) == 4
     assert not list(tmp_path.rglob("*.tmp*"))
     calls.clear()
-    monkeypatch.setattr(grid_mod, "sample", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    monkeypatch.setattr(grid_mod, "sample_batch", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     run_grid(d, groups, settings, tmp_path, "tiny-sd3", shard=(0, 2), progress=False)
     assert len(calls) == 2  # 2 groups x 3 methods in shard 0, 4 already done
     run_grid(d, groups, settings, tmp_path, "tiny-sd3", shard=(1, 2), progress=False)
@@ -118,7 +119,7 @@ def test_run_resume_after_interruption_and_shards_merge(sd3_pipe, tmp_path, monk
     cslg = next(r for r in records if r["method"] == "cslg")
     assert cslg["params"]["layers"] == ["1", "3"] and cslg["params"]["scale"] == 2.0
     sheets = sorted((tmp_path / "contact_sheets").glob("*.png"))
-    assert len(sheets) == 4 and Image.open(sheets[0]).width == 3 * 256
+    assert len(sheets) == 4 and Image.open(sheets[0]).width == 3 * (256 + GAP) + GAP
     with pytest.raises(ValueError, match="other settings .*steps 3 -> 4"):
         run_grid(d, groups, ImageSettings(steps=4, height=32, width=32, max_sequence_length=64), tmp_path, "tiny-sd3")
 

@@ -26,7 +26,7 @@ TOL = 1 / 255
 
 def _generate(name, method):
     return cslg.generate(tiny(name), PROMPT, method, seed=SEED, steps=STEPS, height=H, width=W, negative_prompt=NEG,
-                         max_sequence_length=MSL, output_type="np", progress=False)
+                         max_sequence_length=MSL, output_type="np", progress=False).images[0]
 
 
 @pytest.mark.parametrize("name,pipeline_cls", [("tiny-sd3", StableDiffusion3PAGPipeline),

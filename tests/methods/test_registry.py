@@ -18,7 +18,7 @@ STEPS = 4
 
 def _generate(name, method):
     return cslg.generate(tiny(name), PROMPT, method, seed=SEED, steps=STEPS, height=H, width=W, negative_prompt=NEG,
-                         max_sequence_length=MSL, output_type="np", progress=False)
+                         max_sequence_length=MSL, output_type="np", progress=False).images[0]
 
 
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux", "tiny-qwenimage", "tiny-pixart-sigma"])

@@ -373,9 +373,9 @@ def test_reference_mode_end_to_end(preset):
     pipe = tiny(preset)
     run = dict(seed=0, steps=3, height=32, width=32, max_sequence_length=32, output_type="np", progress=False)
     prompt = "a red book and a gold clock"
-    cfg_image = cslg.generate(pipe, prompt, CFG(W), **run)
-    paper = cslg.generate(pipe, prompt, SCFG(W), **run)
-    reference = cslg.generate(pipe, prompt, SCFG(W, reference=True), **run)
+    cfg_image = cslg.generate(pipe, prompt, CFG(W), **run).images[0]
+    paper = cslg.generate(pipe, prompt, SCFG(W), **run).images[0]
+    reference = cslg.generate(pipe, prompt, SCFG(W, reference=True), **run).images[0]
     assert reference.shape == cfg_image.shape and (reference == reference).all()
     assert abs(reference - cfg_image).max() > 1e-3
     assert abs(reference - paper).max() > 1e-3

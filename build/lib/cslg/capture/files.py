@@ -1,0 +1,97 @@
+"""Capture files (step 1 -> 2): safetensors with JSON-encoded metadata, never pickle.
+
+Tensors: ``cosine`` [pairs, steps, layers] (float32), ``input_cosine`` [pairs, steps] (the image tokens entering
+the first block) and, when raw activations were saved,
+``activations.<layer>`` [pairs, saved_steps, 2, image_tokens, dim] with ``activation_steps`` [saved_steps].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..io import atomic_write
+
+FORMAT = "cslg-capture-1"
+
+
+@dataclass
+class Capture:
+    """A loaded capture file: named tensors plus decoded metadata."""
+
+    path: Path
+    cosine: torch.Tensor
+    metadata: dict
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)
+    activation_steps: torch.Tensor | None = None
+    input_cosine: torch.Tensor | None = None  # [pairs, steps]: the image tokens entering the first block
+
+    @property
+    def layer_names(self) -> list[str]:
+        return self.metadata["layer_names"]
+
+    @property
+    def model(self) -> str:
+        return self.metadata["model"]
+
+
+def save_capture(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
+    """Write tensors and metadata (each value JSON-encoded) atomically."""
+    meta = {key: json.dumps(value) for key, value in {"format": FORMAT, **metadata}.items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """Decoded metadata of a capture file (reads no tensor data)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"capture file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        meta = {key: json.loads(value) for key, value in raw.items()}
+    except ValueError as e:
+        raise ValueError(f"{path}: its metadata is not JSON ({e}); not a capture file written by cslg") from None
+    if "rows" in meta and "compare" not in meta:  # written before the setting was renamed
+        meta["compare"] = meta.pop("rows")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a CSLG capture file (metadata 'format' is {meta.get('format')!r}, expected {FORMAT!r})")
+    return meta
+
+
+def load_capture(path: str | os.PathLike) -> Capture:
+    """Load a capture file written by the LayerExperiment scripts."""
+    meta = read_metadata(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for truncated data
+        raise ValueError(f"{path}: the tensors cannot be read ({e}); the file is truncated or corrupt") from None
+    if "cosine" not in tensors:
+        raise ValueError(f"{path}: capture file has no 'cosine' tensor")
+    cosine, names = tensors["cosine"], meta.get("layer_names")
+    if cosine.ndim != 3:
+        raise ValueError(f"{path}: 'cosine' has shape {tuple(cosine.shape)}, expected [pairs, steps, layers]")
+    if not (isinstance(names, list) and len(names) == cosine.shape[-1] and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{path}: metadata 'layer_names' must list the {cosine.shape[-1]} layers of 'cosine'")
+    if not torch.isfinite(cosine).all():
+        raise ValueError(f"{path}: 'cosine' holds NaN or infinite values (a capture with non-finite settings?)")
+    prefix = "activations."
+    return Capture(
+        path=Path(path),
+        cosine=tensors["cosine"],
+        metadata=meta,
+        activations={k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+        activation_steps=tensors.get("activation_steps"),
+        input_cosine=tensors.get("input_cosine"),
+    )

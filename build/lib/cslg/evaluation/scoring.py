@@ -1,0 +1,111 @@
+"""OCR of every record's image with one engine or several, resumable engine by engine from ``per_image.csv``, and
+the per-image rows with every OCR metric."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Sequence
+
+from tqdm import tqdm
+
+from ..io import image_problem
+from .metrics import OCR_METRICS, score
+from .ocr import OCREngine
+from .records import expected_text, flatten_params, setting_params
+from .tables import write_csv
+
+SAVE_EVERY = 10
+NO_EXPECTED_TEXT = "no expected text: the prompt quotes nothing and the manifest gives no expected_text"
+
+
+def ocr_images(
+    records: Sequence[dict],
+    base_dir: str | os.PathLike,
+    per_image_csv: str | os.PathLike,
+    engine: OCREngine | Sequence[OCREngine],
+    force: bool = False,
+    save_every: int = SAVE_EVERY,
+) -> list[dict]:
+    """OCR and score every record's image (paths relative to ``base_dir``) with each engine,
+    resuming each engine from its own rows in ``per_image_csv`` (see the module docstring);
+    returns the rows engine by engine, each in record order."""
+    engines = engine_list(engine)
+    base_dir, per_image_csv = Path(base_dir), Path(per_image_csv)
+    param_keys = sorted({key for r in records for key in flatten_params(r.get("params") or {})})
+    columns = ["image", "model", "method", "seed", "setting", *[f"param.{k}" for k in param_keys]]
+    columns += ["prompt", "expected_text", "engine", "ocr_text", *OCR_METRICS, "error"]
+    rows: dict[tuple[str, str], dict] = {}  # (engine, image) -> row
+    pending: dict[str, list] = {}
+    for eng in engines:
+        cache = {} if force else _cached_ocr_texts(per_image_csv, eng.name)
+        pending[eng.name] = []
+        for record in records:
+            expected = expected_text(record)
+            if not expected:
+                rows[eng.name, record["image"]] = _row(record, expected, eng.name, error=NO_EXPECTED_TEXT)
+            elif record["image"] in cache:
+                rows[eng.name, record["image"]] = _row(record, expected, eng.name, ocr_text=cache[record["image"]])
+            else:
+                pending[eng.name].append((record, expected))
+
+    def ordered() -> list[dict]:
+        return [rows[e.name, r["image"]] for e in engines for r in records if (e.name, r["image"]) in rows]
+
+    done = 0
+    try:
+        for eng in engines:
+            for record, expected in tqdm(pending[eng.name], desc=f"OCR ({eng.name})", unit="image"):
+                path = base_dir / record["image"]
+                problem = image_problem(path)
+                if problem:
+                    rows[eng.name, record["image"]] = _row(record, expected, eng.name, error=problem)
+                else:
+                    rows[eng.name, record["image"]] = _row(record, expected, eng.name, ocr_text=eng.read(path))
+                done += 1
+                if done % save_every == 0:
+                    write_csv(per_image_csv, ordered(), columns)
+    finally:
+        write_csv(per_image_csv, ordered(), columns)
+    return ordered()
+
+
+def engine_list(engine: OCREngine | Sequence[OCREngine]) -> list[OCREngine]:
+    """One engine or several as a list; several must have distinct names (the rows' key)."""
+    engines = list(engine) if isinstance(engine, (list, tuple)) else [engine]
+    names = [e.name for e in engines]
+    if not engines or len(set(names)) < len(names):
+        raise ValueError(f"need one or more OCR engines with distinct names, got {names}")
+    return engines
+
+
+def _cached_ocr_texts(per_image_csv: Path, engine_name: str) -> dict[str, str]:
+    """Image -> OCR text of the error-free rows a previous run of ``engine_name`` wrote."""
+    if not per_image_csv.is_file():
+        return {}
+    with open(per_image_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    usable = [r for r in rows if r.get("image") and r.get("ocr_text") is not None and not r.get("error")]
+    return {r["image"]: r["ocr_text"] for r in usable if r.get("engine") == engine_name}
+
+
+def _row(record: dict, expected: list[str], engine_name: str, ocr_text: str | None = None, error: str = "") -> dict:
+    """One per_image.csv row; metrics only when there is no error."""
+    params = flatten_params(record.get("params") or {})
+    row = {
+        "image": record["image"],
+        "model": record.get("model", ""),
+        "method": record["method"],
+        "seed": record.get("seed"),
+        "setting": ", ".join(f"{k}={v}" for k, v in setting_params(params).items()),
+        **{f"param.{k}": v for k, v in params.items()},
+        "prompt": record["prompt"],
+        "expected_text": " | ".join(expected),
+        "engine": engine_name,
+        "ocr_text": ocr_text,
+        "error": error,
+    }
+    if not error:
+        row.update(score(ocr_text, expected))
+    return row

@@ -1,0 +1,86 @@
+"""Model family adapters, looked up from the pipeline object (subclasses included), and their tiny presets.
+
+Adding a family: one module with an ``Adapter`` subclass and its tiny preset (``Adapter.tiny``), its entry in
+``ADAPTERS``, its preset names in ``cslg.options.TINY_PRESETS``, and its tests.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from .base import Adapter
+    from .tiny import TinySize
+
+# family module -> its adapter class (imported on first use: ``cslg.families.layout`` stays free of diffusers)
+FAMILIES = {"flux": "FluxAdapter", "sd3": "SD3Adapter", "qwenimage": "QwenImageAdapter", "pixart": "PixArtSigmaAdapter"}
+# names this package re-exports from its modules, loaded on first use
+_WHERE = {
+    **dict.fromkeys(("IMAGE_ONLY", "IMAGE_TEXT", "TEXT_IMAGE", "Adapter", "BlockList", "LayerError"), ".base"),
+    **dict.fromkeys(("AttentionLayout", "Conditioning", "LatentLayout", "Streams", "TextRoles"), ".layout"),
+    "TinySize": ".tiny",
+}
+
+
+def __getattr__(name: str):
+    if name == "ADAPTERS":
+        value = tuple(getattr(import_module(f".{module}", __name__), cls) for module, cls in FAMILIES.items())
+    elif name in _WHERE:
+        value = getattr(import_module(_WHERE[name], __name__), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def adapter_class(pipe: DiffusionPipeline) -> type[Adapter]:
+    """The adapter class for ``pipe``'s family."""
+    ADAPTERS = __getattr__("ADAPTERS")
+    for cls in ADAPTERS:
+        if isinstance(pipe, cls.pipeline_classes):
+            return cls
+    supported = ", ".join(c.__name__ for cls in ADAPTERS for c in cls.pipeline_classes)
+    raise ValueError(f"unsupported pipeline {type(pipe).__name__}: supported are {supported} (and their subclasses)")
+
+
+def adapter_class_by_name(name: str) -> type[Adapter]:
+    """The adapter class of the family called ``name``."""
+    for cls in __getattr__("ADAPTERS"):
+        if cls.name == name:
+            return cls
+    raise ValueError(f"unknown family {name!r}; choose one of {', '.join(family_names())}")
+
+
+def adapter_for(pipe: DiffusionPipeline, guidance: float | None = None) -> Adapter:
+    """The adapter of ``pipe`` (``guidance``: the distilled guidance embedding, where the model has one)."""
+    return adapter_class(pipe)(pipe, guidance)
+
+
+def family_of(pipe: DiffusionPipeline) -> str:
+    """The family name of ``pipe`` (``"flux"``, ``"sd3"``, ...)."""
+    return adapter_class(pipe).name
+
+
+def family_names() -> list[str]:
+    return [cls.name for cls in __getattr__("ADAPTERS")]
+
+
+def build_tiny(preset: str, size: TinySize | None = None, seed: int = 0) -> DiffusionPipeline:
+    """The tiny preset called ``preset`` (``tiny-flux``, ``tiny-sd3``, ...), built offline with random weights
+    (``size``: a ``TinySize``, default the presets' own)."""
+    ADAPTERS = __getattr__("ADAPTERS")
+    for cls in ADAPTERS:
+        if preset in cls.tiny_presets:
+            return cls.tiny(preset, size or __getattr__("TinySize")(), seed)
+    presets = [p for cls in ADAPTERS for p in cls.tiny_presets]
+    raise ValueError(f"unknown tiny preset {preset!r}; choose one of {', '.join(presets)}")
+
+
+__all__ = [
+    "ADAPTERS", "Adapter", "AttentionLayout", "BlockList", "Conditioning", "IMAGE_ONLY", "IMAGE_TEXT", "LatentLayout",
+    "LayerError", "Streams", "TEXT_IMAGE", "TextRoles", "TinySize", "adapter_class", "adapter_class_by_name",
+    "adapter_for", "build_tiny", "family_of", "family_names",
+]

@@ -1,0 +1,148 @@
+"""The denoising loop, one for every family and method: the adapter supplies the family, the method its
+passes and formula; the pipeline's own encoding, noise, scheduler and VAE are used."""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Sequence, Union
+
+import torch
+from tqdm.auto import tqdm
+
+from ..families.base import Adapter
+from ..families.layout import Conditioning
+from ..methods.base import Method, Request, Step
+from .batch import batched
+from .executor import BlockObserver, Executor
+
+# "seed S" is the noise diffusers draws for ``torch.Generator("cpu").manual_seed(S)``; a generator is drawn from as is
+Seed = Union[int, torch.Generator]
+
+# ``callback(step index, timestep, latents)`` after each scheduler step; may return new latents (or None).
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+
+
+class DegenerateMethodWarning(UserWarning):
+    """A method whose settings make it equal to another method (an empty step window, a zero scale, ...)."""
+
+
+@dataclass
+class Prepared:
+    """Everything a sampling run needs besides the method: encoded conditionings, noise, timesteps, per-image
+    extras."""
+
+    conditions: list[str]
+    cond: Conditioning
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    extras: dict[str, Any]
+    texts: dict[str, str]
+
+
+def prepare(adapter: Adapter, conditions: dict[str, str], seed: Seed | Sequence[Seed], steps: int, height: int,
+            width: int, max_sequence_length: int, latents: torch.Tensor | None = None) -> Prepared:
+    """Encode ``conditions`` (name -> prompt), draw the noise of ``seed`` (one per image of a batch) and the
+    timesteps. ``latents``: initial latents to start from instead (in the pipeline's layout)."""
+    adapter.check_settings(height, width, max_sequence_length)
+    names = list(conditions)
+    cond = adapter.encode([conditions[n] for n in names], max_sequence_length)
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
+    noise = [adapter.initial_noise(s, height, width) for s in seeds]
+    extras = noise[0][1]
+    if latents is None:
+        latents = torch.cat([x for x, _ in noise])
+    else:
+        latents = latents.to(noise[0][0].device, noise[0][0].dtype)
+    timesteps = adapter.timesteps(steps, latents)
+    return Prepared(names, cond, latents, timesteps, extras, dict(conditions))
+
+
+@torch.no_grad()
+def denoise(
+    adapter: Adapter,
+    method: Method,
+    run: Prepared,
+    latents: torch.Tensor | None = None,
+    observe: Callable[[int], BlockObserver | None] | None = None,
+    attention_kwargs: dict[str, Any] | None = None,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+) -> torch.Tensor:
+    """Run the sampler from ``latents`` (default: ``run.latents``) over ``run.timesteps``.
+
+    At step ``i`` the method's passes run in one branched forward and are combined into one prediction per
+    latent; the pipeline's scheduler takes the step. ``observe(i)`` may return a block observer for step ``i``;
+    ``callback(i, t, latents)`` runs after the step and may return latents to continue from.
+    """
+    method = method.bind(adapter)
+    scheduler = adapter.pipe.scheduler
+    executor = Executor(adapter)
+    latents = run.latents if latents is None else latents
+    n = len(run.timesteps)
+    layout = adapter.layout(latents, run.extras)
+    recorded = method.recorded_attention(adapter)
+    sink = method.attention_sink() if recorded else None
+    roles = {}
+    if recorded:
+        text_len = run.cond.embeds.shape[1]
+        roles = {name: adapter.text_roles(run.texts[name], text_len) for name in run.conditions}
+    sigmas = getattr(scheduler, "sigmas", None)
+    memory: dict[str, Any] = {}
+    with executor.attention(recorded[0]) if recorded else nullcontext():
+        for i, t in enumerate(tqdm(run.timesteps, desc=method.name, disable=not progress, leave=False)):
+            sigma = float(sigmas[i]) if sigmas is not None and i < len(sigmas) else None
+            step = Step(i, n, float(t), sigma, tuple(run.conditions), layout, memory, roles=roles,
+                        postprocess_cfg=adapter.postprocess_cfg)
+            preds = executor.predict(
+                latents, t, run.cond, run.conditions, method.passes(step), run.extras, attention_kwargs,
+                record=(recorded[0], recorded[1], sink) if recorded else None,
+                observe=observe(i) if observe else None,
+            )
+            if sink is not None:
+                step = replace(step, attention=sink.take())
+            latents = scheduler.step(method.combine(preds, step), t, latents, return_dict=False)[0]
+            if callback is not None and (changed := callback(i, t, latents)) is not None:
+                latents = changed
+    return latents
+
+
+@torch.no_grad()
+def sample_batch(
+    adapter: Adapter,
+    method: Method,
+    requests: Sequence[Request],
+    seeds: Sequence[Seed],
+    steps: int,
+    height: int,
+    width: int,
+    max_sequence_length: int,
+    output_type: str = "pil",
+    attention_kwargs: dict[str, Any] | None = None,
+    progress: bool = False,
+    callback: StepCallback | None = None,
+    latents: torch.Tensor | None = None,
+):
+    """One image per request, image ``j`` from the noise of ``seeds[j]`` (the noise diffusers draws for that seed or
+    from that generator), all in one batched forward per step. Returns what the pipeline's image processor returns
+    for the batch (``pil``: a list of images; ``np``: an array ``[N, H, W, 3]``), or the final latents
+    (``output_type="latent"``, not decoded, as diffusers' pipelines return them)."""
+    if len(seeds) != len(requests):
+        raise ValueError(f"{len(seeds)} seeds for {len(requests)} images")
+    method = method.bind(adapter)
+    if reason := method.degenerate(steps, method.conditions(requests[0])):
+        warnings.warn(f"{method.name}: {reason}", DegenerateMethodWarning, stacklevel=3)
+    many = batched(method, requests)
+    run = prepare(adapter, many.conditions(requests[0]), seeds, steps, height, width, max_sequence_length, latents)
+    latents = denoise(adapter, many, run, attention_kwargs=attention_kwargs, progress=progress, callback=callback)
+    if output_type == "latent":
+        return latents
+    return adapter.decode(latents, height, width, output_type)
+
+
+def sample(adapter: Adapter, method: Method, request: Request, seed: Seed, steps: int, height: int, width: int,
+           max_sequence_length: int, output_type: str = "pil", **kwargs: Any):
+    """One image for ``request`` from the noise of ``seed`` (``sample_batch`` of one)."""
+    return sample_batch(adapter, method, [request], [seed], steps, height, width, max_sequence_length, output_type,
+                        **kwargs)[0]
