@@ -17,11 +17,11 @@ from . import _moved
 __version__ = "0.3.0"
 
 _WHERE = {
-    **dict.fromkeys(("find_layers", "generate", "layer_names"), ".api"),
+    **dict.fromkeys(("GenerationOutput", "find_layers", "generate", "layer_names"), ".api"),
     **dict.fromkeys(("ADAPTERS", "Adapter", "LayerError", "adapter_for", "family_of"), ".families"),
     **dict.fromkeys(("APG", "CFG", "CSLG", "PAG", "REGISTRY", "SCFG", "SLG", "CFGZeroStar", "ConceptDiffusion",
                      "Method", "NoGuidance", "Request", "SkippedNegativeSLG", "Step"), ".methods"),
-    "DegenerateMethodWarning": ".guidance.sampling",
+    **dict.fromkeys(("DegenerateMethodWarning", "compile_blocks"), ".guidance.sampling"),
     "skip_blocks": ".guidance.skip",
     "load_capture": ".capture",
     "load_pipeline": ".models",

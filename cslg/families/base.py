@@ -124,7 +124,8 @@ class Adapter:
     def call_block(self, block: nn.Module, convention: BlockList, streams: Streams, lane: dict[str, Any],
                    shared: dict[str, Any]) -> Streams:
         """Run one block on ``streams`` (``lane``: per-lane keyword tensors, ``shared``: the rest) and return its
-        new streams, read in the block's own output order."""
+        new streams, read in the block's own output order. ``block``: the module, or a callable standing for it
+        (its uncompiled call)."""
         if convention.output == IMAGE_ONLY:
             return Streams(block(streams.image, **lane, **shared), None)
         out = block(hidden_states=streams.image, encoder_hidden_states=streams.text, **lane, **shared)

@@ -120,8 +120,12 @@ class Executor:
                     recorded = [(i, n) for i, lane in enumerate(lanes) for n in names if lane_of[n] == lane and n in record[1]]
                 control = self._control.activate(layer, n_image, kind == IDENTITY_ATTENTION, recorded,
                                                  record[2] if record else None) if self._control else nullcontext()
+                # a block whose attention is intercepted runs eagerly even when it is compiled (its hooks and the
+                # torch-function mode stay outside any graph); every other block runs as compiled, if it is
+                intercepted = kind == IDENTITY_ATTENTION or bool(recorded)
                 with control:
-                    out = a.call_block(block, convention, part, lane_kw if every else _index(lane_kw, idx), shared_kw)
+                    out = a.call_block(block._call_impl if intercepted else block, convention, part,
+                                       lane_kw if every else _index(lane_kw, idx), shared_kw)
                 streams = out if every else streams.put(idx, out)
             if observe is not None:
                 observe(layer, streams, lane_of)

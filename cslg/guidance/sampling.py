@@ -28,6 +28,26 @@ class DegenerateMethodWarning(UserWarning):
     """A method whose settings make it equal to another method (an empty step window, a zero scale, ...)."""
 
 
+class UnusedCompileWarning(UserWarning):
+    """The transformer was compiled as a whole; the executor calls its blocks, so that compilation is never used."""
+
+
+def check_transformer(adapter: Adapter) -> None:
+    """Refuse what cannot work with the executor and say what is not used: diffusers' cache hooks cache per call of
+    the denoiser, and the executor runs several passes (of different lanes) in one call; a compiled whole forward is
+    never called (the blocks are), while regional compilation of the blocks is used."""
+    transformer = adapter.transformer
+    if getattr(transformer, "is_cache_enabled", False):
+        cache = type(transformer._cache_config).__name__
+        raise ValueError(f"{type(transformer).__name__} has a diffusers cache enabled ({cache}); its hooks cache per "
+                         "denoiser call and cslg runs several passes in one call: disable it "
+                         "(pipe.transformer.disable_cache()) to guide with cslg")
+    if getattr(transformer, "_compiled_call_impl", None) is not None or hasattr(transformer, "_orig_mod"):
+        warnings.warn("the transformer is compiled as a whole, but cslg calls its blocks one by one, so that compiled "
+                      "forward is not used: compile the blocks instead (pipe.transformer.compile_repeated_blocks(), "
+                      "diffusers' regional compilation)", UnusedCompileWarning, stacklevel=4)
+
+
 @dataclass
 class Prepared:
     """Everything a sampling run needs besides the method: encoded conditionings, noise, timesteps, per-image
@@ -76,6 +96,7 @@ def denoise(
     latent; the pipeline's scheduler takes the step. ``observe(i)`` may return a block observer for step ``i``;
     ``callback(i, t, latents)`` runs after the step and may return latents to continue from.
     """
+    check_transformer(adapter)
     method = method.bind(adapter)
     scheduler = adapter.pipe.scheduler
     executor = Executor(adapter)
@@ -146,3 +167,17 @@ def sample(adapter: Adapter, method: Method, request: Request, seed: Seed, steps
     """One image for ``request`` from the noise of ``seed`` (``sample_batch`` of one)."""
     return sample_batch(adapter, method, [request], [seed], steps, height, width, max_sequence_length, output_type,
                         **kwargs)[0]
+
+
+def compile_blocks(pipe_or_adapter: Any, **compile_kwargs: Any) -> int:
+    """Regional compilation for the executor: ``torch.compile`` every block of the transformer's block lists (what
+    diffusers' ``compile_repeated_blocks`` does for the families that declare their repeated blocks, for every
+    family). ``compile_kwargs`` go to ``torch.compile`` (e.g. ``mode="max-autotune"``, ``fullgraph=True``). Blocks
+    whose attention a method perturbs or records run uncompiled. Returns how many blocks were compiled."""
+    from ..families import adapter_for
+    from ..families.base import Adapter
+
+    adapter = pipe_or_adapter if isinstance(pipe_or_adapter, Adapter) else adapter_for(pipe_or_adapter)
+    for _, block, _ in adapter.blocks:
+        block.compile(**compile_kwargs)
+    return len(adapter.blocks)
