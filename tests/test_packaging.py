@@ -4,6 +4,7 @@ clone with the right exit status (0 after every successful command, 1 with one l
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -27,8 +28,15 @@ def test_every_package_is_listed_for_the_wheel():
 def installed(tmp_path_factory) -> Path:
     """A fresh virtual environment with the wheel installed (its dependencies seen through a .pth file)."""
     tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"  # a copy of the checkout's files, so the build leaves nothing behind in it
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp),
-                    str(ROOT)], check=True, capture_output=True, timeout=300)
+                    str(source)], check=True, capture_output=True, timeout=300)
     (wheel,) = tmp.glob("cslg-*.whl")
     venv = tmp / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
