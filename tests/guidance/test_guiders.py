@@ -20,7 +20,7 @@ from cslg.families import adapter_for_transformer
 from cslg.guidance.guiders import MethodGuider
 
 from ..helpers import tiny
-from .test_skip import CountingHook, _sd3_inputs
+from .test_skip import CountingHook, _sd3_inputs, users_hooks
 
 SD3, QWEN = "tiny-sd3", "tiny-qwenimage"
 BLOCKS = {SD3: StableDiffusion3AutoBlocks, QWEN: QwenImageAutoBlocks}
@@ -141,25 +141,23 @@ def test_hooks_are_gone_after_a_run_and_a_users_hooks_keep_working():
     with torch.no_grad():
         before = tr(**inputs)[0]
     reference = run_generate(SD3, cslg.CSLG(["2"], 2.0))
-    kept, skipped = CountingHook(), CountingHook()
-    HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(kept, "user")
-    HookRegistry.check_if_exists_or_initialize(blocks[2]).register_hook(skipped, "user")
-    torch_calls = []
-    handle = blocks[2].register_forward_pre_hook(lambda m, a, kw: torch_calls.append(1), with_kwargs=True)
+    on_transformer = CountingHook()
+    HookRegistry.check_if_exists_or_initialize(tr).register_hook(on_transformer, "user")
     try:
-        # per step: uncond, cond, cond with block 2 skipped (CSLG), then the same with identity attention (PAG)
-        out = guided(SD3, cslg.CSLG(["2"], 2.0))
-        assert kept.calls == 3 * STEPS and skipped.calls == 2 * STEPS and len(torch_calls) == 3 * STEPS
-        torch.testing.assert_close(out, reference, rtol=0, atol=ATOL)
-        guided(SD3, cslg.PAG(["2"], 2.0))
-        assert skipped.calls == 5 * STEPS  # identity attention runs the block, its hooks included
-        assert list(blocks[2]._diffusers_hook.hooks) == ["user"] and list(blocks[0]._diffusers_hook.hooks) == ["user"]
+        with users_hooks(blocks) as (kept, skipped, torch_calls):
+            # per step: uncond, cond, cond with block 2 skipped (CSLG), then the same with identity attention (PAG)
+            out = guided(SD3, cslg.CSLG(["2"], 2.0))
+            assert kept.calls == 3 * STEPS and skipped.calls == 2 * STEPS and len(torch_calls) == 3 * STEPS
+            torch.testing.assert_close(out, reference, rtol=0, atol=ATOL)
+            guided(SD3, cslg.PAG(["2"], 2.0))
+            assert skipped.calls == 5 * STEPS  # identity attention runs the block, its hooks included
+            assert on_transformer.calls == 6 * STEPS
+            for module in (blocks[0], blocks[2], tr):
+                assert list(module._diffusers_hook.hooks) == ["user"]
     finally:
-        handle.remove()
-        for block in (blocks[0], blocks[2]):
-            block._diffusers_hook.remove_hook("user", recurse=False)
-            del block._diffusers_hook
-            vars(block).pop("forward", None)
+        tr._diffusers_hook.remove_hook("user", recurse=False)
+        del tr._diffusers_hook
+        vars(tr).pop("forward", None)
     assert _clean(tr) and all(_clean(b) for b in blocks) and _attention_hooks(tr) == 0
     assert not _get_current_function_mode_stack()
     with torch.no_grad():
