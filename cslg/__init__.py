@@ -23,6 +23,7 @@ _WHERE = {
                      "Method", "NoGuidance", "Request", "SkippedNegativeSLG", "Step"), ".methods"),
     **dict.fromkeys(("DegenerateMethodWarning", "compile_blocks"), ".guidance.sampling"),
     "skip_blocks": ".guidance.skip",
+    "diffusers_guider": ".guidance.guiders",
     "load_capture": ".capture",
     "load_pipeline": ".models",
 }

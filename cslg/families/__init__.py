@@ -6,10 +6,12 @@ Adding a family: one module with an ``Adapter`` subclass and its tiny preset (``
 
 from __future__ import annotations
 
+import typing
 from importlib import import_module
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch.nn as nn
     from diffusers import DiffusionPipeline
 
     from .base import Adapter
@@ -59,6 +61,37 @@ def adapter_for(pipe: DiffusionPipeline, guidance: float | None = None) -> Adapt
     return adapter_class(pipe)(pipe, guidance)
 
 
+def transformer_classes(cls: type[Adapter]) -> tuple[type, ...]:
+    """The transformer classes the family's pipelines take (their ``transformer`` argument's annotation)."""
+    hints = [typing.get_type_hints(p.__init__).get("transformer") for p in cls.pipeline_classes]
+    return tuple(c for hint in hints for c in typing.get_args(hint) or (hint,)
+                 if isinstance(c, type) and c is not type(None))
+
+
+def adapter_for_transformer(transformer: nn.Module, guidance: float | None = None) -> Adapter:
+    """The adapter of a transformer met without its diffusers pipeline (a modular pipeline's denoiser): the first
+    family whose pipelines take its class. Its block-level knowledge (blocks, their output order, attention layout,
+    family defaults) works; what needs the pipeline (encoding, noise, timesteps, decoding) raises naming it."""
+    ADAPTERS = __getattr__("ADAPTERS")
+    for cls in ADAPTERS:
+        if isinstance(transformer, transformer_classes(cls)):
+            return cls(TransformerOnly(transformer), guidance)
+    supported = ", ".join(c.__name__ for cls in ADAPTERS for c in transformer_classes(cls))
+    raise ValueError(f"unsupported transformer {type(transformer).__name__}: supported are {supported} (and their "
+                     "subclasses)")
+
+
+class TransformerOnly:
+    """What an adapter built from a transformer alone has for a pipeline: the transformer."""
+
+    def __init__(self, transformer: nn.Module):
+        self.transformer = transformer
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"the {type(self.transformer).__name__} adapter was built from the transformer alone, "
+                             f"without its diffusers pipeline: {name!r} needs the pipeline")
+
+
 def family_of(pipe: DiffusionPipeline) -> str:
     """The family name of ``pipe`` (``"flux"``, ``"sd3"``, ...)."""
     return adapter_class(pipe).name
@@ -82,5 +115,5 @@ def build_tiny(preset: str, size: TinySize | None = None, seed: int = 0) -> Diff
 __all__ = [
     "ADAPTERS", "Adapter", "AttentionLayout", "BlockList", "Conditioning", "IMAGE_ONLY", "IMAGE_TEXT", "LatentLayout",
     "LayerError", "Streams", "TEXT_IMAGE", "TextRoles", "TinySize", "adapter_class", "adapter_class_by_name",
-    "adapter_for", "build_tiny", "family_of", "family_names",
+    "adapter_for", "adapter_for_transformer", "build_tiny", "family_of", "family_names",
 ]

@@ -61,16 +61,29 @@ def skip_blocks(pipe: DiffusionPipeline, layers: str | int | Sequence[str | int]
     """
     adapter = adapter_for(pipe)
     names = adapter.resolve_layers(layers)
+    with hooked_blocks(adapter.transformer, skip_hooks(adapter, names)):
+        yield names
+
+
+def skip_hooks(adapter: Adapter, names: Sequence[str]) -> list[tuple[nn.Module, ModelHook, str]]:
+    """``(block, hook, hook name)`` that make the blocks ``names`` (canonical) identities (``hooked_blocks``)."""
+    return [(block, SkipBlockHook(adapter, convention), HOOK_NAME)
+            for name, block, convention in adapter.blocks if name in set(names)]
+
+
+@contextmanager
+def hooked_blocks(transformer: nn.Module, hooks: Sequence[tuple[nn.Module, ModelHook, str]]) -> Iterator[None]:
+    """Every ``(block, hook, name)`` of ``transformer`` registered while the context is held (``hooked``) and
+    removed by name afterwards."""
     with ExitStack() as stack:
-        for name in names:
-            _, block, convention = adapter.blocks[adapter.layer_names.index(name)]
-            stack.enter_context(hooked(block, SkipBlockHook(adapter, convention), HOOK_NAME))
-        _invalidate_registry_cache(adapter.transformer)
+        for block, hook, name in hooks:
+            stack.enter_context(hooked(block, hook, name))
+        _invalidate_registry_cache(transformer)
         try:
-            yield names
+            yield
         finally:
             stack.close()
-            _invalidate_registry_cache(adapter.transformer)
+            _invalidate_registry_cache(transformer)
 
 
 def _invalidate_registry_cache(transformer: nn.Module) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import pytest
 import torch
 from diffusers.hooks import HookRegistry, ModelHook
@@ -105,15 +108,29 @@ class CountingHook(ModelHook):
         return args, kwargs
 
 
-def test_a_users_hooks_keep_working_during_and_after_skip_blocks_and_generate(sd3_pipe):
-    blocks = sd3_pipe.transformer.transformer_blocks
+@contextmanager
+def users_hooks(blocks) -> Iterator[tuple[CountingHook, CountingHook, list]]:
+    """A user's diffusers hooks on blocks 0 and 2 and a torch pre-forward hook on block 2 (the calls it saw), removed
+    afterwards."""
     kept, skipped = CountingHook(), CountingHook()
     HookRegistry.check_if_exists_or_initialize(blocks[0]).register_hook(kept, "user")
     HookRegistry.check_if_exists_or_initialize(blocks[2]).register_hook(skipped, "user")
     torch_calls = []
     handle = blocks[2].register_forward_pre_hook(lambda m, a, kw: torch_calls.append(1), with_kwargs=True)
-    run = dict(num_inference_steps=2, height=32, width=32, max_sequence_length=32, output_type="latent")
     try:
+        yield kept, skipped, torch_calls
+    finally:
+        handle.remove()
+        for block in (blocks[0], blocks[2]):
+            block._diffusers_hook.remove_hook("user", recurse=False)
+            del block._diffusers_hook
+            vars(block).pop("forward", None)
+
+
+def test_a_users_hooks_keep_working_during_and_after_skip_blocks_and_generate(sd3_pipe):
+    blocks = sd3_pipe.transformer.transformer_blocks
+    run = dict(num_inference_steps=2, height=32, width=32, max_sequence_length=32, output_type="latent")
+    with users_hooks(blocks) as (kept, skipped, torch_calls):
         with skip_blocks(sd3_pipe, ["2"]):
             sd3_pipe("a mug", guidance_scale=1.0, **run)
             assert set(blocks[2]._diffusers_hook.hooks) == {"user", "cslg_skip_block"}
@@ -126,9 +143,3 @@ def test_a_users_hooks_keep_working_during_and_after_skip_blocks_and_generate(sd
         assert kept.calls == 6 and skipped.calls == 4  # the unskipped pass ran block 2 with its hook at both steps
         sd3_pipe("a mug", guidance_scale=1.0, **run)
         assert kept.calls == 8 and skipped.calls == 6
-    finally:
-        handle.remove()
-        for block in (blocks[0], blocks[2]):
-            block._diffusers_hook.remove_hook("user", recurse=False)
-            del block._diffusers_hook
-            vars(block).pop("forward", None)
