@@ -16,7 +16,7 @@ import torch.nn as nn
 from diffusers import DiffusionPipeline
 from diffusers.hooks import HookRegistry, ModelHook
 
-from ..families import adapter_for
+from ..families import adapter_class, adapter_for, adapter_for_transformer
 from ..families.base import Adapter, BlockList
 
 HOOK_NAME = "cslg_skip_block"
@@ -50,16 +50,28 @@ def hooked(module: nn.Module, hook: ModelHook, name: str) -> Iterator[None]:
                 vars(module).pop("forward", None)
 
 
+def block_adapter(pipe: DiffusionPipeline | nn.Module) -> Adapter:
+    """The adapter of ``pipe`` for block-level work: its family's pipeline, or any other pipeline (img2img, inpaint,
+    ControlNet, PAG, modular) or a bare transformer of a supported family's transformer class."""
+    try:
+        adapter_class(pipe)
+    except ValueError:
+        return adapter_for_transformer(getattr(pipe, "transformer", pipe))
+    return adapter_for(pipe)
+
+
 @contextmanager
-def skip_blocks(pipe: DiffusionPipeline, layers: str | int | Sequence[str | int]) -> Iterator[list[str]]:
+def skip_blocks(pipe: DiffusionPipeline | nn.Module, layers: str | int | Sequence[str | int]) -> Iterator[list[str]]:
     """Within the context, the named blocks of ``pipe.transformer`` are identities for every stream::
 
         with skip_blocks(pipe, ["5", "s12"]):
             image = pipe(prompt).images[0]
 
-    Yields the canonical layer names; an unknown layer raises ``cslg.LayerError`` before anything changes.
+    ``pipe``: any pipeline whose transformer is of a supported family (its text-to-image, img2img, inpaint,
+    ControlNet or PAG pipeline), or the transformer itself. Yields the canonical layer names; an unknown layer raises
+    ``cslg.LayerError`` before anything changes.
     """
-    adapter = adapter_for(pipe)
+    adapter = block_adapter(pipe)
     names = adapter.resolve_layers(layers)
     with hooked_blocks(adapter.transformer, skip_hooks(adapter, names)):
         yield names

@@ -143,3 +143,19 @@ def test_a_users_hooks_keep_working_during_and_after_skip_blocks_and_generate(sd
         assert kept.calls == 6 and skipped.calls == 4  # the unskipped pass ran block 2 with its hook at both steps
         sd3_pipe("a mug", guidance_scale=1.0, **run)
         assert kept.calls == 8 and skipped.calls == 6
+
+
+def test_skip_blocks_works_in_the_familys_other_pipelines(sd3_pipe):
+    """The transformer is the same in SD3's img2img and PAG pipelines (and a bare transformer): skipping works there,
+    equal to the transformer's own ``skip_layers``; an unknown pipeline is refused naming the supported ones."""
+    from diffusers import StableDiffusion3Img2ImgPipeline, StableDiffusion3PAGPipeline
+
+    inputs = _sd3_inputs(sd3_pipe)
+    ref = sd3_pipe.transformer(**inputs, skip_layers=[2])[0]
+    for pipe in (StableDiffusion3Img2ImgPipeline.from_pipe(sd3_pipe), StableDiffusion3PAGPipeline.from_pipe(sd3_pipe),
+                 sd3_pipe.transformer):
+        with skip_blocks(pipe, ["2"]):
+            assert torch.equal(sd3_pipe.transformer(**inputs)[0], ref), type(pipe).__name__
+    with pytest.raises(ValueError, match="unsupported transformer Linear: supported are .*SD3Transformer2DModel"):
+        with skip_blocks(torch.nn.Linear(2, 2), ["0"]):
+            pass
