@@ -52,6 +52,8 @@ def generate(
     seed: int | Sequence[int] | None = 0,
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     latents: torch.Tensor | None = None,
+    image: Any = None,
+    strength: float | None = None,
     steps: int = 28,
     height: int | None = None,
     width: int | None = None,
@@ -71,6 +73,9 @@ def generate(
     per image), or from ``latents`` (``[N, ...]`` in the pipeline's layout). ``pipe``: any supported diffusers
     pipeline, as loaded (CPU offload works). ``height``/``width``/``max_sequence_length`` default to the pipeline's
     defaults; ``guidance`` is the distilled guidance embedding where the model has one (FLUX.1-dev: 3.5).
+    ``image`` (a PIL image, or a list: one per prompt or one per image) and ``strength`` (default 0.6, as diffusers'
+    img2img pipelines): image-to-image as the family's img2img pipeline does it (SD3, FLUX): the image is encoded,
+    noised to the timestep ``strength`` keeps, and the last ``steps - int(steps * (1 - strength))`` steps run.
     ``concepts``: ConceptDiffusion's concepts (a list of strings). ``attention_kwargs`` go to the attention
     processors (e.g. ``{"scale": 0.8}`` for LoRA). ``callback(step, timestep, latents)`` runs after every step (as
     diffusers' ``callback_on_step_end``) and may return latents to continue from. Returns a ``GenerationOutput``
@@ -94,12 +99,13 @@ def generate(
     adapter = adapter_for(pipe, _number(guidance, "guidance", 0.0) if guidance is not None else None)
     size = adapter.default_size()
     height, width = (_integer(x, name, 1) if x is not None else size for x, name in ((height, "height"), (width, "width")))
+    pixels, strength = _image_start(adapter, image, strength, latents, len(prompts), per_prompt, height, width)
     msl = _integer(max_sequence_length, "max_sequence_length", 1) if max_sequence_length is not None else \
         adapter.default_max_sequence_length
     requests = [Request(p, negatives[0] if len(negatives) == 1 else negatives[i], tuple(concepts))
                 for i, p in enumerate(prompts) for _ in range(per_prompt)]
     images = sample_batch(adapter, method, requests, noise, steps, height, width, msl, output_type, attention_kwargs,
-                          progress, callback, latents)
+                          progress, callback, latents, pixels, strength)
     return GenerationOutput(images, seeds) if return_dict else (images,)
 
 
@@ -210,6 +216,31 @@ def _noise_sources(n: int, seed: Any, generator: Any, latents: Any) -> tuple[lis
         first = _integer(seed, "seed", 0, MAX_SEED - n)
         seeds = [first + k for k in range(n)]
     return seeds, seeds
+
+
+def _image_start(adapter, image: Any, strength: Any, latents: Any, prompts: int, per_prompt: int, height: int,
+                 width: int) -> tuple[torch.Tensor | None, float]:
+    """``(preprocessed pixels of each image's start image, strength)`` for image-to-image, ``(None, 1.0)`` without."""
+    from PIL import Image
+
+    if image is None:
+        if strength is not None:
+            raise ValueError("strength: only used with image= (image-to-image)")
+        return None, 1.0
+    if latents is not None:
+        raise ValueError("give one of image or latents")
+    strength = 0.6 if strength is None else _number(strength, "strength", 0.0)
+    if not 0 < strength <= 1:
+        raise ValueError(f"strength: {strength} is not in (0, 1]")
+    images = [image] if isinstance(image, Image.Image) else image
+    if not isinstance(images, (list, tuple)) or not images or not all(isinstance(i, Image.Image) for i in images):
+        raise TypeError(f"image: expected a PIL image or a list of PIL images, got {image!r}")
+    n = prompts * per_prompt
+    if len(images) not in (1, prompts, n):
+        raise ValueError(f"image: {len(images)} images for {prompts} prompts and {n} outputs (give 1, {prompts} or {n})")
+    pixels = adapter.preprocess_image(list(images), height, width)
+    index = [0 if len(images) == 1 else (k if len(images) == n else k // per_prompt) for k in range(n)]
+    return pixels[index], strength
 
 
 def _pairs(pairs: Any) -> list[PromptPair]:

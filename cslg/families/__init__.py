@@ -39,10 +39,15 @@ def __getattr__(name: str):
 
 
 def adapter_class(pipe: DiffusionPipeline) -> type[Adapter]:
-    """The adapter class for ``pipe``'s family."""
+    """The adapter class for ``pipe``'s family: by pipeline class, else by the class of its transformer (the
+    family's img2img, inpaint, ControlNet and PAG pipelines)."""
     ADAPTERS = __getattr__("ADAPTERS")
     for cls in ADAPTERS:
         if isinstance(pipe, cls.pipeline_classes):
+            return cls
+    transformer = getattr(pipe, "transformer", None)
+    for cls in ADAPTERS:
+        if transformer is not None and isinstance(transformer, transformer_classes(cls)):
             return cls
     supported = ", ".join(c.__name__ for cls in ADAPTERS for c in cls.pipeline_classes)
     raise ValueError(f"unsupported pipeline {type(pipe).__name__}: supported are {supported} (and their subclasses)")
@@ -57,8 +62,31 @@ def adapter_class_by_name(name: str) -> type[Adapter]:
 
 
 def adapter_for(pipe: DiffusionPipeline, guidance: float | None = None) -> Adapter:
-    """The adapter of ``pipe`` (``guidance``: the distilled guidance embedding, where the model has one)."""
-    return adapter_class(pipe)(pipe, guidance)
+    """The adapter of ``pipe`` (``guidance``: the distilled guidance embedding, where the model has one). Another
+    pipeline of the family (img2img, PAG) runs through a view of its components as the family's own pipeline;
+    one whose extra component or mask cslg would not apply (ControlNet, inpainting) is refused, naming the
+    supported ones."""
+    cls = adapter_class(pipe)
+    if not isinstance(pipe, cls.pipeline_classes):
+        pipe = family_view(cls, pipe)
+    return cls(pipe, guidance)
+
+
+def family_view(cls: type[Adapter], pipe: DiffusionPipeline) -> DiffusionPipeline:
+    """``pipe``'s components as ``cls``' own pipeline, unless generating with that would drop a part of ``pipe``."""
+    import inspect
+
+    from .base import pipeline_view
+
+    own = cls.pipeline_classes[0]
+    expected = set(inspect.signature(own.__init__).parameters)
+    extra = sorted(k for k, v in pipe.components.items() if v is not None and k not in expected)
+    masked = "mask_image" in inspect.signature(type(pipe).__call__).parameters
+    if extra or masked:
+        dropped = f"its {', '.join(extra)}" if extra else "its mask (inpainting)"
+        raise ValueError(f"{type(pipe).__name__}: cslg would not apply {dropped}; use {own.__name__} or the "
+                         f"family's img2img / PAG pipeline (generate(..., image=, strength=) for image-to-image)")
+    return pipeline_view(own, pipe)
 
 
 def transformer_classes(cls: type[Adapter]) -> tuple[type, ...]:

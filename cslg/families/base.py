@@ -9,6 +9,7 @@ family or on tensor shapes.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -54,6 +55,7 @@ class Adapter:
     default_cfg_scale: ClassVar[float] = 1.0  # the family pipeline's default (true) CFG scale
     pag_default_layers: ClassVar[tuple[str, ...]] = ()
     default_max_sequence_length: ClassVar[int] = 256
+    img2img_pipeline: ClassVar[type | None] = None  # the family's diffusers image-to-image pipeline, if any
     max_sequence_length_limit: ClassVar[int] = 512  # T5's, which diffusers' pipelines enforce
 
     def __init__(self, pipe: DiffusionPipeline, guidance: float | None = None):
@@ -168,6 +170,31 @@ class Adapter:
     def timesteps(self, steps: int, latents: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def image_start(self, images: torch.Tensor, seeds: Sequence[int | torch.Generator], timesteps: torch.Tensor,
+                    strength: float, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image-to-image: ``(start latents, the timesteps left)``. Image ``j`` (preprocessed pixels
+        ``images[j]``) is encoded and noised to the first timestep ``strength`` keeps, with the noise of
+        ``seeds[j]``, as the family's img2img pipeline does it (its own ``get_timesteps`` and ``prepare_latents``)."""
+        if self.img2img_pipeline is None:
+            raise ValueError(f"image: image-to-image is not supported for {self.name}")
+        i2i = pipeline_view(self.img2img_pipeline, self.pipe)
+        kept, _ = i2i.get_timesteps(len(timesteps), strength, self.device)
+        latents = [self.encode_start(i2i, images[j:j + 1], kept[:1], seed, height, width)
+                   for j, seed in enumerate(seeds)]
+        return torch.cat(latents), kept
+
+    def preprocess_image(self, image: Any, height: int, width: int) -> torch.Tensor:
+        """Pixels ``[N, 3, height, width]`` in ``[-1, 1]`` as the family's img2img pipeline prepares them."""
+        if self.img2img_pipeline is None:
+            raise ValueError(f"image: image-to-image is not supported for {self.name}")
+        return pipeline_view(self.img2img_pipeline, self.pipe).image_processor.preprocess(image, height=height,
+                                                                                           width=width)
+
+    def encode_start(self, i2i: DiffusionPipeline, pixels: torch.Tensor, t: torch.Tensor,
+                     seed: int | torch.Generator, height: int, width: int) -> torch.Tensor:
+        """One image's start latents: ``i2i.prepare_latents`` (the img2img pipeline's own) for a batch of one."""
+        raise NotImplementedError
+
     def embed(self, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning, extras: dict[str, Any],
               attention_kwargs: dict[str, Any] | None) -> tuple[Streams, dict, dict, dict]:
         """``(streams, lane, shared, post)`` entering the first block: the streams, the per-lane and the shared
@@ -252,6 +279,12 @@ class SpatialAdapter(Adapter):
 
 
 # Helpers the adapters share ---------------------------------------------------------------------------------
+def pipeline_view(pipeline_class: type[DiffusionPipeline], pipe: DiffusionPipeline) -> DiffusionPipeline:
+    """``pipe``'s components (the same modules: nothing is copied or moved) as a ``pipeline_class``."""
+    keys = [k for k in inspect.signature(pipeline_class.__init__).parameters if k != "self"]
+    return pipeline_class(**{k: pipe.components[k] for k in keys if k in pipe.components})
+
+
 def generator(seed: int | torch.Generator) -> torch.Generator:
     """The generator diffusers' pipelines draw noise from for "seed S" (a generator is used as it is)."""
     return seed if isinstance(seed, torch.Generator) else torch.Generator("cpu").manual_seed(int(seed))

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxImg2ImgPipeline, FluxPipeline, FluxTransformer2DModel
 
 from .base import Adapter, BlockList, flow_timesteps, generator
 from .layout import AttentionLayout, Conditioning, LatentLayout, Streams, TextRoles
@@ -17,6 +17,7 @@ from .tiny import TinySize, clip_text_encoder, clip_tokenizer, kl_vae, seeded, t
 class FluxAdapter(Adapter):
     name = "flux"
     pipeline_classes = (FluxPipeline,)
+    img2img_pipeline = FluxImg2ImgPipeline
     block_lists = (
         BlockList("transformer_blocks", "", "double-stream blocks"),
         BlockList("single_transformer_blocks", "s", "single-stream blocks"),
@@ -45,6 +46,11 @@ class FluxAdapter(Adapter):
             1, self.transformer.config.in_channels // 4, height, width, self.dtype, self.device, generator(seed)
         )
         return latents, {"img_ids": img_ids}
+
+    def encode_start(self, i2i, pixels, t, seed, height, width):
+        channels = self.transformer.config.in_channels // 4
+        pixels = pixels.to(torch.float32)  # as FluxImg2ImgPipeline casts its preprocessed image
+        return i2i.prepare_latents(pixels, t, 1, channels, height, width, self.dtype, self.device, generator(seed))[0]
 
     def timesteps(self, steps, latents):
         return flow_timesteps(self.pipe.scheduler, steps, self.device, latents.shape[1], 1.15)

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+from diffusers import (
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Img2ImgPipeline,
+    StableDiffusion3Pipeline,
+)
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 
-from .base import BlockList, SpatialAdapter, resolution_shift
+from .base import BlockList, SpatialAdapter, generator, resolution_shift
 from .layout import AttentionLayout, Conditioning, Streams, TextRoles
 from .tiny import TinySize, clip_text_encoder, clip_tokenizer, kl_vae, seeded, t5_encoder, t5_tokenizer
 
@@ -16,6 +21,7 @@ from .tiny import TinySize, clip_text_encoder, clip_tokenizer, kl_vae, seeded, t
 class SD3Adapter(SpatialAdapter):
     name = "sd3"
     pipeline_classes = (StableDiffusion3Pipeline,)
+    img2img_pipeline = StableDiffusion3Img2ImgPipeline
     block_lists = (BlockList("transformer_blocks", "", "joint blocks"),)
     tiny_presets = ("tiny-sd3", "tiny-sd35")
     default_cfg_scale = 7.0  # StableDiffusion3Pipeline's guidance_scale
@@ -38,6 +44,9 @@ class SD3Adapter(SpatialAdapter):
             patch = self.transformer.config.patch_size
             kwargs["mu"] = resolution_shift(scheduler, (latents.shape[-2] // patch) * (latents.shape[-1] // patch), 1.16)
         return retrieve_timesteps(scheduler, steps, self.device, **kwargs)[0]
+
+    def encode_start(self, i2i, pixels, t, seed, height, width):
+        return i2i.prepare_latents(pixels, t, 1, 1, self.dtype, self.device, generator(seed))
 
     def embed(self, latents, t, cond, extras, attention_kwargs):
         tr = self.transformer

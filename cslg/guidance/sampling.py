@@ -62,20 +62,25 @@ class Prepared:
 
 
 def prepare(adapter: Adapter, conditions: dict[str, str], seed: Seed | Sequence[Seed], steps: int, height: int,
-            width: int, max_sequence_length: int, latents: torch.Tensor | None = None) -> Prepared:
+            width: int, max_sequence_length: int, latents: torch.Tensor | None = None, image: torch.Tensor | None = None,
+            strength: float = 1.0) -> Prepared:
     """Encode ``conditions`` (name -> prompt), draw the noise of ``seed`` (one per image of a batch) and the
-    timesteps. ``latents``: initial latents to start from instead (in the pipeline's layout)."""
+    timesteps. ``latents``: initial latents to start from instead (in the pipeline's layout). ``image``:
+    image-to-image from these preprocessed pixels (one per image), starting at the timestep ``strength`` keeps."""
     adapter.check_settings(height, width, max_sequence_length)
     names = list(conditions)
     cond = adapter.encode([conditions[n] for n in names], max_sequence_length)
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
-    noise = [adapter.initial_noise(s, height, width) for s in seeds]
+    # image-to-image draws its noise in ``image_start``; here only the shape and the extras (a generator stays unused)
+    noise = [adapter.initial_noise(s if image is None else 0, height, width) for s in seeds]
     extras = noise[0][1]
     if latents is None:
         latents = torch.cat([x for x, _ in noise])
     else:
         latents = latents.to(noise[0][0].device, noise[0][0].dtype)
     timesteps = adapter.timesteps(steps, latents)
+    if image is not None:
+        latents, timesteps = adapter.image_start(image, seeds, timesteps, strength, height, width)
     return Prepared(names, cond, latents, timesteps, extras, dict(conditions))
 
 
@@ -144,18 +149,22 @@ def sample_batch(
     progress: bool = False,
     callback: StepCallback | None = None,
     latents: torch.Tensor | None = None,
+    image: torch.Tensor | None = None,
+    strength: float = 1.0,
 ):
     """One image per request, image ``j`` from the noise of ``seeds[j]`` (the noise diffusers draws for that seed or
     from that generator), all in one batched forward per step. Returns what the pipeline's image processor returns
     for the batch (``pil``: a list of images; ``np``: an array ``[N, H, W, 3]``), or the final latents
-    (``output_type="latent"``, not decoded, as diffusers' pipelines return them)."""
+    (``output_type="latent"``, not decoded, as diffusers' pipelines return them). ``image``/``strength``:
+    image-to-image (``prepare``)."""
     if len(seeds) != len(requests):
         raise ValueError(f"{len(seeds)} seeds for {len(requests)} images")
     method = method.bind(adapter)
-    if reason := method.degenerate(steps, method.conditions(requests[0])):
-        warnings.warn(f"{method.name}: {reason}", DegenerateMethodWarning, stacklevel=3)
     many = batched(method, requests)
-    run = prepare(adapter, many.conditions(requests[0]), seeds, steps, height, width, max_sequence_length, latents)
+    run = prepare(adapter, many.conditions(requests[0]), seeds, steps, height, width, max_sequence_length, latents,
+                  image, strength)
+    if reason := method.degenerate(len(run.timesteps), method.conditions(requests[0])):
+        warnings.warn(f"{method.name}: {reason}", DegenerateMethodWarning, stacklevel=3)
     latents = denoise(adapter, many, run, attention_kwargs=attention_kwargs, progress=progress, callback=callback)
     if output_type == "latent":
         return latents
