@@ -101,6 +101,11 @@ def merge_captures(captures: list[Capture]) -> torch.Tensor:
                     f"{cap.path}: {key} {theirs} differs from {first.path} ({ours}); "
                     "only captures of the same model, step count and site can be combined"
                 )
+    for i, cap in enumerate(captures):
+        for other in captures[:i]:
+            if cap.cosine.shape == other.cosine.shape and torch.equal(cap.cosine, other.cosine):
+                raise ValueError(f"{cap.path}: the same capture as {other.path} (given twice, its pairs would count "
+                                 "twice)")
     return torch.cat([cap.cosine for cap in captures], dim=0)
 
 

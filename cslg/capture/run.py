@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..families.base import Adapter
 from ..guidance.sampling import denoise, prepare
-from ..io import atomic_write, remove_stale_temps, settings_stamp
+from ..io import atomic_write, file_lock, remove_stale_temps, settings_stamp
 from ..prompts import PromptPair
 from ..provenance import versions
 from .files import read_metadata, save_capture
@@ -108,6 +108,12 @@ def run_capture(
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory: give a .safetensors file name")
+    with file_lock(out.with_name(out.name + ".lock"), wait=False, held_by=f"another capture writing {out}"):
+        return _capture(adapter, pairs, config, out, progress, force)
+
+
+def _capture(adapter: Adapter, pairs: Sequence[PromptPair], config: CaptureConfig, out: Path, progress: bool,
+             force: bool) -> Path:
     if out.is_file() and not force and _finished(out, config, pairs):
         print(f"{out} already holds this capture (same settings and prompts): kept; --force captures again")
         return out

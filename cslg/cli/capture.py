@@ -62,6 +62,7 @@ def configure(p: argparse.ArgumentParser, **overrides) -> argparse.ArgumentParse
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser, family: str | None = None) -> Path:
     """Validate the flags, load the model and pairs, capture, and print where the file is."""
     from ..capture import CaptureConfig, resolve_steps, run_capture
+    from ..io import LockedError
     from ..families import LayerError, adapter_for
 
     require_positive(args, "pairs", "steps", "height", "width", "max_sequence_length")
@@ -94,7 +95,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, family: str |
     start = time.perf_counter()
     try:
         out = run_capture(adapter, pairs, config, args.out, force=args.force)
-    except ValueError as e:
+    except (ValueError, LockedError) as e:
         raise SystemExit(f"error: {e}") from None
     print(f"captured {len(pairs)} pairs x {args.steps} steps x {len(adapter.blocks)} layers "
           f"in {time.perf_counter() - start:.1f}s -> {out}")

@@ -4,9 +4,10 @@ dict per image: image path relative to the folder, prompt, method, seed, params,
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable
 
 from ..io import read_jsonl
@@ -56,6 +57,15 @@ def _check_record(record: dict, where: str) -> None:
         raise ValueError(f"{where}: 'expected_text' must be a list of strings")
     if not isinstance(record.get("params", {}), dict):
         raise ValueError(f"{where}: 'params' must be an object")
+    image = PurePosixPath(record["image"].replace("\\", "/"))
+    if image.is_absolute() or ".." in image.parts or re.match(r"^[A-Za-z]:", record["image"]) or not image.parts:
+        raise ValueError(f"{where}: image {record['image']!r} is not a path inside the run folder")
+    seed = record.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"{where}: 'seed' must be an integer or null, not {seed!r}")
+    bad = [k for k, v in flatten_params(record.get("params", {})).items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{where}: param {bad[0]!r} is not a finite number")
 
 
 def records_from_images(

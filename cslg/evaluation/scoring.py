@@ -86,7 +86,8 @@ def _cached_ocr_texts(per_image_csv: Path, engine_name: str) -> dict[str, str]:
         return {}
     with open(per_image_csv, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    usable = [r for r in rows if r.get("image") and r.get("ocr_text") is not None and not r.get("error")]
+    # a row cut short by a crash has missing fields (None): its OCR text may be cut too, so it is read again
+    usable = [r for r in rows if None not in r.values() and r.get("image") and not r.get("error")]
     return {r["image"]: r["ocr_text"] for r in usable if r.get("engine") == engine_name}
 
 

@@ -182,3 +182,50 @@ def test_crashed_final_capture_write_is_removed(tmp_path):
     leftover.write_bytes(b"x")
     other.write_bytes(b"x")
     assert remove_stale_temps(tmp_path, "c.safetensors") == 1 and not leftover.exists() and other.exists()
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"image": "../outside.png"}, "image '../outside.png' is not a path inside the run folder"),
+    ({"image": "/etc/hostname"}, "image '/etc/hostname' is not a path inside the run folder"),
+    ({"image": "C:\\\\x.png"}, "is not a path inside the run folder"),
+    ({"seed": "0"}, "'seed' must be an integer or null, not '0'"),
+    ({"params": {"cfg_scale": float("nan")}}, "param 'cfg_scale' is not a finite number"),
+])
+def test_manifest_rows_are_validated_before_anything_is_read(tmp_path, edit, message):
+    (tmp_path / "outside.png").write_bytes(b"not read")
+    run = tmp_path / "run"
+    row = {"image": "images/0.png", "prompt": "a mug that says 'HI'", "method": "none", "seed": 0, "params": {}}
+    append_jsonl(run / "manifest.jsonl", {**row, **edit})
+    with pytest.raises(SystemExit) as excinfo:
+        cslg_main(["eval", "--run", str(run)])
+    assert message in _one_line(excinfo) and "manifest.jsonl: line 1" in _one_line(excinfo)
+
+
+def test_the_same_capture_twice_is_refused(tmp_path):
+    path = tmp_path / "c.safetensors"
+    save_capture(path, {"cosine": torch.rand(2, 2, 3), "input_cosine": torch.ones(2, 2)},
+                 {"layer_names": ["0", "1", "2"], "family": "sd3", "model": "m", "steps": 2})
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(path.read_bytes())
+    for inputs in ([path, path], [path, copy]):
+        with pytest.raises(SystemExit) as excinfo:
+            cslg_main(["analyse", *map(str, inputs), "--out", str(tmp_path / "out")])
+        assert "the same capture as" in _one_line(excinfo) and "pairs would count twice" in _one_line(excinfo)
+
+
+def test_a_second_capture_of_the_same_out_is_refused_while_one_runs(tmp_path):
+    from cslg.io import file_lock
+
+    out = tmp_path / "cap.safetensors"
+    with file_lock(tmp_path / "cap.safetensors.lock"):
+        with pytest.raises(SystemExit) as excinfo:
+            sd3_capture.main([*SMALL, "--pairs", "1", "--out", str(out)])
+    assert "locked by another capture writing" in _one_line(excinfo) and not out.exists()
+
+
+def test_a_per_image_row_cut_by_a_crash_is_read_again(tmp_path):
+    from cslg.evaluation.scoring import _cached_ocr_texts
+
+    header = "image,engine,ocr_text,ocr_similarity,error\n"
+    (tmp_path / "per_image.csv").write_text(header + "a.png,easyocr,HELLO,1.0,\nb.png,easyocr,HEL")
+    assert _cached_ocr_texts(tmp_path / "per_image.csv", "easyocr") == {"a.png": "HELLO"}
