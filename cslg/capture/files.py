@@ -86,6 +86,7 @@ def load_capture(path: str | os.PathLike) -> Capture:
         raise ValueError(f"{path}: metadata 'layer_names' must list the {cosine.shape[-1]} layers of 'cosine'")
     if not torch.isfinite(cosine).all():
         raise ValueError(f"{path}: 'cosine' holds NaN or infinite values (a capture with non-finite settings?)")
+    check_metadata(path, meta, cosine, tensors.get("input_cosine"))
     prefix = "activations."
     return Capture(
         path=Path(path),
@@ -95,3 +96,21 @@ def load_capture(path: str | os.PathLike) -> Capture:
         activation_steps=tensors.get("activation_steps"),
         input_cosine=tensors.get("input_cosine"),
     )
+
+
+def check_metadata(path: str | os.PathLike, meta: dict, cosine: torch.Tensor, input_cosine: torch.Tensor | None) -> None:
+    """The metadata must describe the tensors (a hand-edited file fails here, naming the key)."""
+    from ..families import family_names
+
+    pairs, steps, _ = cosine.shape
+    names = meta["layer_names"]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: metadata 'layer_names' lists a layer twice")
+    for key, n in (("steps", steps), ("pairs", pairs)):
+        if key in meta and meta[key] != n:
+            raise ValueError(f"{path}: metadata {key!r} is {meta[key]!r} but 'cosine' holds {n}")
+    if "family" in meta and meta["family"] not in family_names():
+        raise ValueError(f"{path}: metadata 'family' {meta['family']!r} is not one of {', '.join(family_names())}")
+    if input_cosine is not None and (tuple(input_cosine.shape) != (pairs, steps) or not torch.isfinite(input_cosine).all()):
+        raise ValueError(f"{path}: 'input_cosine' must be finite with shape [{pairs}, {steps}] "
+                         f"(has {tuple(input_cosine.shape)})")

@@ -229,3 +229,20 @@ def test_a_per_image_row_cut_by_a_crash_is_read_again(tmp_path):
     header = "image,engine,ocr_text,ocr_similarity,error\n"
     (tmp_path / "per_image.csv").write_text(header + "a.png,easyocr,HELLO,1.0,\nb.png,easyocr,HEL")
     assert _cached_ocr_texts(tmp_path / "per_image.csv", "easyocr") == {"a.png": "HELLO"}
+
+
+@pytest.mark.parametrize("meta,tensors,message", [
+    ({"steps": 5}, {}, "metadata 'steps' is 5 but 'cosine' holds 2"),
+    ({"pairs": 3}, {}, "metadata 'pairs' is 3 but 'cosine' holds 1"),
+    ({"family": "sd9"}, {}, "metadata 'family' 'sd9' is not one of"),
+    ({"layer_names": ["0", "0", "2"]}, {}, "metadata 'layer_names' lists a layer twice"),
+    ({}, {"input_cosine": torch.tensor([[1.0, float("nan")]])}, "'input_cosine' must be finite with shape [1, 2]"),
+    ({}, {"input_cosine": torch.ones(2, 2)}, "'input_cosine' must be finite with shape [1, 2] (has (2, 2))"),
+])
+def test_hand_edited_capture_metadata_is_named(tmp_path, meta, tensors, message):
+    path = tmp_path / "c.safetensors"
+    save_capture(path, {"cosine": torch.ones(1, 2, 3), "input_cosine": torch.ones(1, 2), **tensors},
+                 {"layer_names": ["0", "1", "2"], "family": "sd3", "model": "m", "steps": 2, **meta})
+    with pytest.raises(SystemExit) as excinfo:
+        visualize.main([str(path), "--out", str(tmp_path / "out")])
+    assert message in _one_line(excinfo) and "c.safetensors" in _one_line(excinfo)
