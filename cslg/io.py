@@ -202,3 +202,22 @@ def image_problem(path: str | os.PathLike) -> str:
     except (OSError, SyntaxError, ValueError) as e:
         return f"unreadable image {path}: {e}"
     return ""
+
+
+def rgb(image: Any) -> Any:
+    """``image`` as 8-bit RGB (palette, alpha, 16-bit and greyscale modes converted; alpha composited on white)."""
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        import numpy as np
+
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if array.max() > 255 else 255.0
+        return Image.fromarray((array / top * 255).round().astype("uint8")).convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")

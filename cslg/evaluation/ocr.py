@@ -17,6 +17,7 @@ from typing import Protocol, Union
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..io import rgb
 from ..options import ALL_ENGINES
 
 # Files easyocr needs for English: the CRAFT text detector and the English recogniser.
@@ -65,13 +66,15 @@ class EasyOCREngine:
         self._reader = _easyocr_reader(str(model_dir.resolve()), bool(gpu))
 
     def read(self, image: ImageInput) -> str:
-        """Paths go to easyocr unchanged (it loads them itself, as the paper's eval.py did); PIL
-        images and RGB arrays are handed over in the BGR order easyocr assumes for arrays."""
+        """Paths of RGB files go to easyocr unchanged (it loads them itself, as the paper's eval.py did); other
+        files, PIL images and RGB arrays become 8-bit RGB (``rgb``: alpha on white, 16-bit scaled) and are handed
+        over in the BGR order easyocr assumes for arrays."""
         if isinstance(image, (str, os.PathLike)):
-            image = str(image)
-        else:
+            with Image.open(image) as opened:
+                image = str(image) if opened.mode == "RGB" else rgb(opened)
+        if not isinstance(image, str):
             if isinstance(image, Image.Image):
-                image = np.asarray(image.convert("RGB"))
+                image = np.asarray(rgb(image))
             if image.ndim == 3:
                 image = np.ascontiguousarray(image[..., 2::-1])
         with warnings.catch_warnings():  # easyocr asks for pinned memory even on CPU, warning per image
@@ -132,13 +135,14 @@ class PPOCREngine:
         self._reader = _rapidocr_reader(str(model_dir.resolve()), bool(cuda if gpu is None else gpu and cuda))
 
     def read(self, image: ImageInput) -> str:
-        """Any input becomes an RGB image first (palette and greyscale files included) and is
-        handed over in the BGR order rapidocr assumes for arrays."""
+        """Any input becomes an 8-bit RGB image first (``rgb``: palette, greyscale, 16-bit and alpha files
+        included) and is handed over in the BGR order rapidocr assumes for arrays."""
         if isinstance(image, (str, os.PathLike)):
             with Image.open(image) as opened:
-                image = opened.convert("RGB")
+                opened.load()
+                image = rgb(opened)
         if isinstance(image, Image.Image):
-            image = np.asarray(image.convert("RGB"))
+            image = np.asarray(rgb(image))
         if image.ndim == 2:
             image = np.stack([image] * 3, axis=-1)
         return " ".join(self._reader(np.ascontiguousarray(image[..., 2::-1])).txts or ())

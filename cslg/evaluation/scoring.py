@@ -62,13 +62,23 @@ def ocr_images(
                 if problem:
                     rows[eng.name, record["image"]] = _row(record, expected, eng.name, error=problem)
                 else:
-                    rows[eng.name, record["image"]] = _row(record, expected, eng.name, ocr_text=eng.read(path))
+                    rows[eng.name, record["image"]] = _read(eng, record, expected, path)
                 done += 1
                 if done % save_every == 0:
                     write_csv(per_image_csv, ordered(), columns)
     finally:
         write_csv(per_image_csv, ordered(), columns)
     return ordered()
+
+
+def _read(engine: OCREngine, record: dict, expected: list[str], path: Path) -> dict:
+    """The row of one OCR reading; an image the engine fails on (a 1-pixel-high strip, say) is an error row."""
+    try:
+        text = engine.read(path)
+    except Exception as e:  # the engines raise their own (OpenCV, onnxruntime) error types
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        return _row(record, expected, engine.name, error=f"{engine.name} failed on {path}: {type(e).__name__} {reason}")
+    return _row(record, expected, engine.name, ocr_text=text)
 
 
 def engine_list(engine: OCREngine | Sequence[OCREngine]) -> list[OCREngine]:

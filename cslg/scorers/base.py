@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from ..io import rgb
+
 T = TypeVar("T")
 
 
@@ -119,21 +121,3 @@ class SetScorer(Scorer):
     def score_batch(self, images: list, prompts: list[str]) -> list[float]:
         raise TypeError(f"{self.name} is a set-level measure: use score_set(images, reference)")
 
-
-def rgb(image):
-    """``image`` as 8-bit RGB (palette, alpha, 16-bit and greyscale modes converted; alpha composited on white)."""
-    from PIL import Image
-
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        import numpy as np
-
-        array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if array.max() > 255 else 255.0
-        return Image.fromarray((array / top * 255).round().astype("uint8")).convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")

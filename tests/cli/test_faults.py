@@ -246,3 +246,28 @@ def test_hand_edited_capture_metadata_is_named(tmp_path, meta, tensors, message)
     with pytest.raises(SystemExit) as excinfo:
         visualize.main([str(path), "--out", str(tmp_path / "out")])
     assert message in _one_line(excinfo) and "c.safetensors" in _one_line(excinfo)
+
+
+def test_images_of_any_mode_are_read_and_one_an_engine_fails_on_is_an_error_row(tmp_path):
+    import csv
+
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    run = tmp_path / "run"
+    (run / "images").mkdir(parents=True)
+    text = Image.new("RGBA", (200, 60), (0, 0, 0, 0))  # the text only in the alpha channel
+    ImageDraw.Draw(text).text((10, 20), "HELLO", fill=(0, 0, 0, 255))
+    grey = Image.new("L", (200, 60), 255)
+    ImageDraw.Draw(grey).text((10, 20), "HELLO", fill=0)
+    images = {"alpha.png": text, "grey16.png": Image.fromarray(np.asarray(grey).astype("uint16") * 257),
+              "la.png": grey.convert("LA"), "strip.png": Image.new("RGB", (4000, 1), "white")}
+    for name, image in images.items():
+        image.save(run / "images" / name)
+        append_jsonl(run / "manifest.jsonl", {"image": f"images/{name}", "prompt": "a sign that says 'HELLO'",
+                                              "method": name.split(".")[0]})
+    assert cslg_main(["eval", "--run", str(run), "--engine", "easyocr"]) == 0
+    rows = {r["image"]: r for r in csv.DictReader(open(run / "eval" / "per_image.csv", encoding="utf-8"))}
+    for name in ("alpha.png", "grey16.png", "la.png"):
+        assert rows[f"images/{name}"]["ocr_text"] == "HELLO" and not rows[f"images/{name}"]["error"], name
+    assert rows["images/strip.png"]["error"].startswith("easyocr failed on ")
