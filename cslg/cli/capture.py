@@ -82,6 +82,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, family: str |
         save_layers = adapter.resolve_layers(args.save_activations)
     except LayerError as e:
         raise SystemExit(f"--save-activations: {e}") from None
+    if not save_layers and args.save_steps != [-1]:
+        raise SystemExit("error: --save-steps: only used with --save-activations (which layers to save)")
     try:
         save_steps = resolve_steps(args.save_steps, args.steps) if save_layers else ()
     except ValueError as e:

@@ -271,3 +271,23 @@ def test_images_of_any_mode_are_read_and_one_an_engine_fails_on_is_an_error_row(
     for name in ("alpha.png", "grey16.png", "la.png"):
         assert rows[f"images/{name}"]["ocr_text"] == "HELLO" and not rows[f"images/{name}"]["error"], name
     assert rows["images/strip.png"]["error"].startswith("easyocr failed on ")
+
+
+def test_runs_that_would_be_silently_reinterpreted_are_refused(tmp_path):
+    ranking = tmp_path / "layers.json"
+    ranking.write_text(json.dumps({"family": "sd3", "ranking": [{"layer": "1", "score": 0.1}], "suggested": ["1"]}))
+    cases = [
+        (lambda: _grid(tmp_path, "--methods", "cslg", "--layers-from", str(ranking), "--top-k", "3"),
+         "--top-k 3: " + str(ranking) + " ranks only 1 layer(s)"),
+        (lambda: sd3_grid.main([*SMALL, "--seeds", "0", "--out", ""]), "--out: give a run folder"),
+        (lambda: sd3_capture.main([*SMALL, "--pairs", "1", "--save-steps", "5", "--out", str(tmp_path / "c")]),
+         "--save-steps: only used with --save-activations"),
+    ]
+    for run, message in cases:
+        with pytest.raises(SystemExit) as excinfo:
+            run()
+        assert message in _one_line(excinfo)
+    for argv in (["inspect", str(ranking), "--top-k", "-2"], ["analyse", str(ranking), "--ylim", "nan"]):
+        with pytest.raises(SystemExit) as excinfo:
+            cslg_main(argv)
+        assert excinfo.value.code == 2
