@@ -61,7 +61,7 @@ def test_aesthetics_pairs_describe_the_same_scene_richly():
     pairs = load_pairs(DATASETS / "aesthetics_pairs.json")
     assert 25 <= len(pairs) <= 40
     for p in pairs:
-        assert p.positive.startswith(p.negative + " ") or p.positive.startswith(p.negative + ","), p  # then its description
+        assert p.positive.startswith((p.negative + " ", p.negative + ",")), p  # the plain scene, then its description
         assert len(p.positive.split()) >= len(p.negative.split()) + 8
     prompts = load_generation_prompts(DATASETS / "aesthetics_eval_prompts.json")
     assert 25 <= len(prompts) <= 40 and all(len(p.prompt.split()) <= 8 for p in prompts)  # plain on purpose

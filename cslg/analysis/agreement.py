@@ -46,6 +46,7 @@ class RankedLayers:
     spread: dict[str, float]
     ascending: bool  # lower score = better
     source: str = ""
+    neutral: float = 0.0  # the score of a block that changes nothing
 
     def oriented(self, layer: str) -> float:
         """The layer's score with lower = better, whatever the finder's direction."""
@@ -84,8 +85,11 @@ def ranked_layers(data: dict, label: str | None = None, source: str = "") -> Ran
     ascending = all(a <= b for a, b in zip(values, values[1:]))
     if not ascending and not all(a >= b for a, b in zip(values, values[1:])):
         raise ValueError(f"{where}: the ranking rows are not sorted by score (best first)")
+    neutral = data.get("neutral", 0.0)
+    if isinstance(neutral, bool) or not isinstance(neutral, (int, float)) or not math.isfinite(neutral):
+        raise ValueError(f"{where}: 'neutral' must be a finite number, got {neutral!r}")
     finder = data.get("finder", DEFAULT_FINDER)
-    return RankedLayers(label or finder, finder, tuple(layers), scores, spread, ascending, source)
+    return RankedLayers(label or finder, finder, tuple(layers), scores, spread, ascending, source, float(neutral))
 
 
 def check_comparable(entries: Sequence[tuple[str, dict]]) -> list[str]:
@@ -176,9 +180,10 @@ def describe_pair(pair: dict) -> str:
 
 
 def plot_agreement(rankings: Sequence[RankedLayers], layers: Sequence[str], k: int, title: str, path: Path,
-                   dpi: int = 200, groups: Sequence[tuple[str, int]] = (), ylabels: Sequence[str] | None = None) -> Path:
+                   dpi: int = 200, groups: Sequence[tuple[str, int]] = (),
+                   ylabels: Sequence[str] | None = None) -> Path:
     """The finders' per-block scores side by side: one panel per ranking (each in its own unit) over the same layer
-    axis, bars with the spread over pairs, each ranking's top ``k`` in red."""
+    axis, bars with the spread over pairs, each ranking's top ``k`` in red, a line at its neutral score."""
     n = len(rankings)
     fig = Figure(figsize=(max(8.0, 0.3 * len(layers) + 2), 1.0 + 2.4 * n), layout="constrained")
     axes = fig.subplots(n, 1, sharex=True, squeeze=False)[:, 0]
@@ -188,7 +193,7 @@ def plot_agreement(rankings: Sequence[RankedLayers], layers: Sequence[str], k: i
         ax.bar(x, [r.scores[layer] for layer in layers], yerr=[r.spread[layer] for layer in layers],
                color=[SUGGESTED_COLOR if layer in top else MEAN_COLOR for layer in layers], capsize=2,
                error_kw={"linewidth": 0.6})
-        ax.axhline(0, color="black", linewidth=0.5)
+        ax.axhline(r.neutral, color="black", linewidth=0.5)  # no effect
         ax.set_ylabel(ylabels[i] if ylabels else r.label, fontsize=8)
         ax.set_title(f"{r.label} ({'lower' if r.ascending else 'higher'} is better; top {k}: "
                      f"{', '.join(r.top(k, layers))})", fontsize=9)

@@ -31,12 +31,10 @@ def layer_weights(data: dict, k: int, source: str = "layers.json") -> tuple[list
     if not 1 <= k <= len(ranking.layers):
         raise ValueError(f"--top-k {k}: {source} ranks {len(ranking.layers)} layer(s)")
     top = list(ranking.layers[:k])
-    neutral = data.get("neutral", 0.0)
-    if isinstance(neutral, bool) or not isinstance(neutral, (int, float)):
-        raise ValueError(f"{source}: 'neutral' must be a number, got {neutral!r}")
-    g = gains([ranking.scores[layer] for layer in top], ranking.ascending, float(neutral))
+    g = gains([ranking.scores[layer] for layer in top], ranking.ascending, ranking.neutral)
     total = sum(g)
     if total <= 0:
-        raise ValueError(f"{source}: none of the top-{k} layers scores better than the neutral score {neutral:g} "
+        raise ValueError(f"{source}: none of the top-{k} layers scores better than the neutral score "
+                         f"{ranking.neutral:g} "
                          "(set 'neutral' in the file to the score of a block that changes nothing)")
     return top, [round(x / total, ROUND) for x in g]

@@ -61,11 +61,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
     try:
         inputs = group_inputs(args.captures)
         if len(inputs) == 1 and inputs[0].layers_json is not None:
-            raise ValueError(f"{inputs[0].paths[0]}: one ranking, nothing to compare: give its captures or more rankings")
+            raise ValueError(f"{inputs[0].paths[0]}: one ranking, nothing to compare: give its captures or more "
+                             "rankings")
         if len(inputs) > 1:
             result = compare_inputs(inputs, args.out, args.top_k, args.dpi, args.title, metric=args.metric, step=step,
                                     ylim=args.ylim, baseline=args.baseline)
-            print("\n".join([describe_pair(pair) for pair in result["pairs"]] + [f"note: {n}" for n in result["notes"]]))
+            lines = [describe_pair(pair) for pair in result["pairs"]] + [f"note: {n}" for n in result["notes"]]
+            print("\n".join(lines))
             print(f"wrote {result['path']}\n      " + "\n      ".join([result["figure"], *result["rankings_written"]]))
             return Path(result["path"])
         result = analyse([load_capture(path) for path in args.captures], args.out, args.metric, step, args.top_k,

@@ -61,7 +61,8 @@ def test_ties_take_mean_ranks():
 
 
 def test_top_k_overlap_by_hand():
-    a, b = ranked_layers(_layers_json(A)), ranked_layers(_layers_json({"0": 0.9, "1": 0.1, "2": 0.3, "3": 0.2, "4": 0.5}))
+    a = ranked_layers(_layers_json(A))
+    b = ranked_layers(_layers_json({"0": 0.9, "1": 0.1, "2": 0.3, "3": 0.2, "4": 0.5}))
     # top-2: {0, 1} and {1, 3} share 1; top-3: {0, 1, 2} and {1, 3, 2} share 1 and 2
     assert top_k_overlap(a, b, 2) == {"k": 2, "shared": ["1"], "count": 1, "fraction": 0.5}
     assert top_k_overlap(a, b, 3) == {"k": 3, "shared": ["1", "2"], "count": 2, "fraction": pytest.approx(2 / 3)}

@@ -95,4 +95,10 @@ def test_grid_runs_the_variants_side_by_side_on_a_tiny_model(tmp_path):
     assert records["weighted"]["params"]["weights"] == pytest.approx([0.75, 0.25])  # 0.3 / 0.4, 0.1 / 0.4
     assert records["uniform"]["params"]["weights"] == [0.5, 0.5] and records["single"]["params"]["layers"] == ["2"]
     assert records["joint"]["params"]["layers"] == ["2", "1"] and records["joint"]["params"]["weights"] is None
-    assert len({r["image"] for r in records.values()}) == 5 and len(list((tmp_path / "run" / "contact_sheets").glob("*.png"))) == 1
+    assert len({r["image"] for r in records.values()}) == 5
+    assert len(list((tmp_path / "run" / "contact_sheets").glob("*.png"))) == 1
+
+
+def test_a_bad_neutral_score_is_named():
+    with pytest.raises(ValueError, match="r.json: 'neutral' must be a finite number"):
+        layer_weights(_ranking([("3", -1.0), ("8", 0.67)], neutral="one"), 2, "r.json")
