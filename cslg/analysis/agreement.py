@@ -112,15 +112,15 @@ def check_comparable(entries: Sequence[tuple[str, dict]]) -> list[str]:
 
 def rank_correlations(a: RankedLayers, b: RankedLayers, layers: Sequence[str]) -> dict[str, float | None]:
     """Spearman's ρ and Kendall's τ_b (with their two-sided p-values) of the oriented scores of ``layers``; ``None``
-    where a ranking is constant (undefined)."""
+    where undefined (a constant ranking; the p-value of ρ on two layers)."""
     from scipy.stats import kendalltau, spearmanr
 
     x, y = [a.oriented(layer) for layer in layers], [b.oriented(layer) for layer in layers]
     if len(set(x)) < 2 or len(set(y)) < 2:
         return {"spearman": None, "spearman_p": None, "kendall": None, "kendall_p": None}
     rho, tau = spearmanr(x, y), kendalltau(x, y)
-    return {"spearman": float(rho.statistic), "spearman_p": float(rho.pvalue),
-            "kendall": float(tau.statistic), "kendall_p": float(tau.pvalue)}
+    values = {"spearman": rho.statistic, "spearman_p": rho.pvalue, "kendall": tau.statistic, "kendall_p": tau.pvalue}
+    return {key: float(v) if math.isfinite(v) else None for key, v in values.items()}  # scipy: NaN p for n = 2
 
 
 def top_k_overlap(a: RankedLayers, b: RankedLayers, k: int, among: Sequence[str] | None = None) -> dict:

@@ -58,6 +58,8 @@ def test_ties_take_mean_ranks():
     assert rank_correlations(a, b, list("0123"))["spearman"] == pytest.approx(4.5 / (4.5 * 5) ** 0.5)
     flat = ranked_layers(_layers_json({"0": 0.0, "1": 0.0}))
     assert rank_correlations(flat, b, ["0", "1"])["spearman"] is None  # undefined, not NaN
+    two = rank_correlations(b, ranked_layers(_layers_json({"0": 0.2, "1": 0.1})), ["0", "1"])
+    assert two["spearman"] == pytest.approx(-1.0) and two["spearman_p"] is None and two["kendall"] == -1.0
 
 
 def test_top_k_overlap_by_hand():

@@ -82,7 +82,13 @@ def test_grid_cells_of_the_variants(tmp_path):
         cells_of(["--methods", "cslg", "--layer-weights-from", str(tmp_path / "nope.json"), "--top-k", "2"])
 
 
-def test_grid_runs_the_variants_side_by_side_on_a_tiny_model(tmp_path):
+def test_grid_runs_the_variants_side_by_side_on_a_tiny_model(tmp_path, monkeypatch):
+    import cslg.grid.run
+
+    labels = []
+    real = cslg.grid.run.contact_sheet
+    monkeypatch.setattr(cslg.grid.run, "contact_sheet", lambda images, names, *a, **k: labels.append(names) or
+                        real(images, names, *a, **k))
     path = tmp_path / "layers.json"
     path.write_text(json.dumps(_ranking([("2", -0.3), ("1", -0.1), ("0", 0.05)], model="tiny-sd3")))
     prompts = tmp_path / "prompts.json"
@@ -96,6 +102,9 @@ def test_grid_runs_the_variants_side_by_side_on_a_tiny_model(tmp_path):
     assert records["uniform"]["params"]["weights"] == [0.5, 0.5] and records["single"]["params"]["layers"] == ["2"]
     assert records["joint"]["params"]["layers"] == ["2", "1"] and records["joint"]["params"]["weights"] is None
     assert len({r["image"] for r in records.values()}) == 5
+    assert [name.split(" [")[0] for name in labels[0]] == ["cfg w=2", "cslg single", "cslg joint", "cslg uniform",
+                                                          "cslg weighted"]
+    assert "a=0.75/0.25" in labels[0][-1]
     assert len(list((tmp_path / "run" / "contact_sheets").glob("*.png"))) == 1
 
 
