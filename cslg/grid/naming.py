@@ -29,7 +29,7 @@ def method_label(method: Method) -> str:
     parts = [method.name] + ([method.variant] if method.variant else [])
     if isinstance(params.get("layers"), list):
         parts.append("[" + ",".join(params["layers"]) + "]")
-    if isinstance(params.get("weights"), list):
+    if isinstance(params.get("weights"), list) and len(set(params["weights"])) > 1:  # equal weights: the variant says
         parts.append("a=" + "/".join(f"{a:.2g}" for a in params["weights"]))
     parts += [f"{short}={params[key]:g}" for key, short in READABLE if params.get(key) is not None]
     return " ".join(parts)

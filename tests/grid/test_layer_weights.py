@@ -111,3 +111,22 @@ def test_grid_runs_the_variants_side_by_side_on_a_tiny_model(tmp_path, monkeypat
 def test_a_bad_neutral_score_is_named():
     with pytest.raises(ValueError, match="r.json: 'neutral' must be a finite number"):
         layer_weights(_ranking([("3", -1.0), ("8", 0.67)], neutral="one"), 2, "r.json")
+
+
+def test_long_labels_wrap_to_the_tile_width(tmp_path):
+    from PIL import Image, ImageDraw
+
+    from cslg.grid.contact_sheet import GAP, LABEL_HEIGHT, LABEL_LINE, _font, _wrap, contact_sheet
+
+    label = method_label(CSLG(layers=("9", "12", "15", "4", "10"), weights=(0.36, 0.29, 0.28, 0.24, 0.18), scale=2.5,
+                              cfg_scale=1.0))
+    draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), _font(13)
+    lines = _wrap(draw, label, font, 200)
+    assert len(lines) > 1 and " ".join(lines) == label and all(draw.textlength(l, font=font) <= 200 for l in lines)
+    assert _wrap(draw, "a " * 200, font, 60)[-1].endswith("…") and len(_wrap(draw, "a " * 200, font, 60)) == 3
+    image = tmp_path / "x.png"
+    Image.new("RGB", (32, 32), "gray").save(image)
+    sheet = contact_sheet([image, image], ["none", label], "t", tmp_path / "sheet.png", tile=208)
+    height = Image.open(sheet).height
+    wrapped = len(_wrap(draw, label, font, 208 - 8))
+    assert height == 40 + 208 + LABEL_HEIGHT + LABEL_LINE * (wrapped - 1) + GAP
