@@ -235,17 +235,22 @@ def grid_methods(args: argparse.Namespace, layers: list[str], explicit: bool, cf
         raise SystemExit("--layer-variants: give --layer-weights-from (the ranking whose layers they combine)")
     check_method_flags(args)
     weights = read_layer_weights(args)[1] if args.layer_weights_from is not None else None
-    cells = []
+    cells, weighted = [], False
     for name in dict.fromkeys(args.methods):
         cls = REGISTRY[name]
         values = option_values(cls, args, layers, explicit)
         if cfg_scales is not None and "cfg_scale" in values:
             values["cfg_scale"] = cfg_scales
+        variants = variant_values(cls, values, args.layer_variants or LAYER_VARIANTS, weights)
+        weighted |= weights is not None and variants != [values]
         try:
-            for variant in variant_values(cls, values, args.layer_variants or LAYER_VARIANTS, weights):
+            for variant in variants:
                 cells += method_cells(cls, variant, args.layer_combinations)
         except (TypeError, ValueError) as e:
             raise SystemExit(f"error: {e}") from None
+    if weights is not None and not weighted:
+        raise SystemExit(f"--layer-weights-from: no method of --methods takes {WEIGHTS_FLAG} (e.g. cslg); for the "
+                         "layers alone use --layers-from")
     return cells
 
 

@@ -76,6 +76,8 @@ def test_grid_cells_of_the_variants(tmp_path):
                            (["--layer-combinations", "all"], "one layer set")]:
         with pytest.raises(SystemExit, match=message):
             cells_of([*flags, *extra])
+    with pytest.raises(SystemExit, match="no method of --methods takes --layer-weights .*use --layers-from"):
+        cells_of(["--methods", "cfg", "pag", "--layer-weights-from", str(path), "--top-k", "2"])
     with pytest.raises(SystemExit, match="--layer-variants: give --layer-weights-from"):
         cells_of(["--methods", "cslg", "--layers", "1", "--layer-variants", "joint"])
     with pytest.raises(SystemExit, match="--layer-weights-from: file not found"):
