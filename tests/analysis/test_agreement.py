@@ -155,6 +155,9 @@ def test_cslg_analyse_groups_captures_by_finder(tmp_path, capsys):
     with pytest.raises(SystemExit, match="^error: .*other.safetensors: its prompt pairs differ from those of .*a.saf"):
         visualize.main([str(a), str(other), "--out", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()  # refused before anything is written
+    model = _capture(tmp_path / "model.safetensors", cos, finder="patching", model="org/Other")
+    with pytest.raises(SystemExit, match="^error: .*model.safetensors: model 'org/Other' differs from .*a.safetensors"):
+        visualize.main([str(a), str(model), "--out", str(tmp_path / "bad")])
     with pytest.raises(SystemExit, match="^error: .*: finder patching differs"):
         from cslg.analysis import analyse
         from cslg.capture import load_capture
