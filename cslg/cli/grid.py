@@ -127,14 +127,10 @@ def read_layers_json(path: str, top_k: int) -> tuple[list[str], dict]:
     """The ``top_k`` best-ranked layers of a ``layers.json`` ranking, and the file's content."""
     if top_k < 1:
         raise SystemExit(f"--top-k must be at least 1, got {top_k}")
+    data = _read_json(path, "--layers-from")
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
         ranking = [row["layer"] for row in data["ranking"]]
-    except FileNotFoundError:
-        raise SystemExit(f"--layers-from: file not found: {path}") from None
-    except IsADirectoryError:
-        raise SystemExit(f"--layers-from: {path} is a folder; give its layers.json") from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except (KeyError, TypeError) as e:
         raise SystemExit(f"--layers-from: {path} is not a layers.json written by cslg analyse ({e!r})") from None
     for rank, layer in enumerate(ranking, start=1):
         if not isinstance(layer, str) or canonical_layers(layer) != (layer,):
@@ -145,6 +141,18 @@ def read_layers_json(path: str, top_k: int) -> tuple[list[str], dict]:
     if top_k > len(ranking):
         raise SystemExit(f"--top-k {top_k}: {path} ranks only {len(ranking)} layer(s)")
     return ranking[:top_k], data
+
+
+def _read_json(path: str, flag: str) -> Any:
+    """The JSON content of the file of ``flag``; exits with one line naming the flag when it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SystemExit(f"{flag}: file not found: {path}") from None
+    except IsADirectoryError:
+        raise SystemExit(f"{flag}: {path} is a folder; give its layers.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SystemExit(f"{flag}: {path} is not a layers.json written by cslg analyse ({e!r})") from None
 
 
 def read_layer_weights(args: argparse.Namespace) -> tuple[list[str], list[float], dict]:
@@ -161,14 +169,10 @@ def read_layer_weights(args: argparse.Namespace) -> tuple[list[str], list[float]
                          "layer the variants are the same")
     if args.layer_combinations != "given":
         raise SystemExit("--layer-weights-from applies to one layer set: use --layer-combinations given")
+    data = _read_json(args.layer_weights_from, "--layer-weights-from")
     try:
-        data = json.loads(Path(args.layer_weights_from).read_text(encoding="utf-8"))
         layers, weights = layer_weights(data, args.top_k, args.layer_weights_from)
-    except FileNotFoundError:
-        raise SystemExit(f"--layer-weights-from: file not found: {args.layer_weights_from}") from None
-    except IsADirectoryError:
-        raise SystemExit(f"--layer-weights-from: {args.layer_weights_from} is a folder; give its layers.json") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as e:
+    except ValueError as e:
         raise SystemExit(f"--layer-weights-from: {e}") from None
     return list(canonical_layers(layers, "--layer-weights-from")), weights, data
 
