@@ -219,8 +219,10 @@ def write_agreement(entries: Sequence[tuple[str, str, dict]], out: str | Path, k
                         for p in result["pairs"])
     out = Path(out)
     ylabels = [f"{r.label}\n{data.get('metric', 'score')}" for r, (_, _, data) in zip(rankings, entries)]
+    # the block lists begin at indices of the model's layer order: marked only when every layer is shown
+    groups = first.get("block_groups", ()) if result["layers"] == first.get("layer_names") else ()
     figure = plot_agreement(rankings, result["layers"], k, f"{model}: per-block scores of {len(rankings)} rankings "
-                            f"({summary})", out / "agreement.png", dpi, first.get("block_groups", ()), ylabels)
+                            f"({summary})", out / "agreement.png", dpi, groups, ylabels)
     result = {"model": first.get("model"), "family": first.get("family"), "pairs_sha1": first.get("pairs_sha1"),
               "top_k": k, **result}
     path = atomic_write_json(out / "agreement.json", result)
