@@ -5,6 +5,11 @@ CFG on FLUX is true CFG with the negative prompt (FLUX.1-dev's own "guidance" is
 --guidance). With w = 1, CSLG is v = c + s (c - c_skip); upstream's FLUX "scale 2.0" is s = 1.0 here.
 
     python FLUX_final_experiments.py --layers-from outputs/analysis/layers.json --top-k 1 --out outputs/flux_run
+
+Upstream's variants of the top-5 layers side by side (single, joint, uniform and weighted means; weights from the
+ranking's scores, docs/finder-comparison.md):
+
+    python FLUX_final_experiments.py --layer-weights-from outputs/analysis/layers.json --top-k 5 --out outputs/flux_msg
 """
 
 from cslg.cli import grid, command_parser

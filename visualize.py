@@ -1,6 +1,11 @@
 """Step 2: contrastive analysis of capture files -> layer ranking (layers.json) and figures.
 
     python visualize.py outputs/flux_capture.safetensors --out outputs/flux_analysis
+
+Captures of several finders (or layers.json files) over the same pairs are each ranked and compared
+(agreement.json, agreement.png: rank correlations, top-k overlap, the per-block scores side by side):
+
+    python visualize.py outputs/flux_contrast.safetensors outputs/flux_ablation.safetensors --out outputs/flux_compare
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ BASELINES = ("input", "one")
 
 # step 3: grids
 LAYER_COMBINATIONS = ("given", "all")
+# how a skip method combines the top-k layers of a ranking (upstream's names: stg, msg_naive, msg_fixed, msg_weighted):
+# the top layer alone, all skipped in one pass, the uniform / weighted mean of per-layer skipped passes
+LAYER_VARIANTS = ("single", "joint", "uniform", "weighted")
 
 # step 4: OCR
 OCR_ENGINES = ("easyocr", "ppocr")

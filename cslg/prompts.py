@@ -13,6 +13,13 @@ Generation prompt files are a JSON list whose entries are either a prompt string
 object ``{"prompt": str, "expected_text": [str, ...], "concepts": [str, ...]}`` (the last
 two optional).
 
+Either list may instead be wrapped in an object that describes the file:
+
+    {"about": "hands visible vs not", "scorers": ["hands", "pickscore"], "entries": [...]}
+
+``about`` (one line) and ``scorers`` (the names of the scorers the file is meant for) are read by
+:func:`dataset_info`; the loaders read ``entries``.
+
 Every problem with a file raises :class:`PromptFileError` naming the file, the 0-based
 entry index and the key concerned.
 """
@@ -32,6 +39,7 @@ PAIR_KEY_STYLES: dict[tuple[str, str], str] = {
     ("negative", "positive"): "generic",
 }
 GENERATION_KEYS: tuple[str, ...] = ("prompt", "expected_text", "concepts")
+WRAPPER_KEYS: tuple[str, ...] = ("about", "scorers", "entries")  # a file as an object: its description and entries
 DATASETS = "prompt_datasets"  # the toolkit's prompt files: the clone's folder, shipped in the wheel as cslg.prompt_datasets
 
 
@@ -57,7 +65,29 @@ class GenerationPrompt:
     concepts: tuple[str, ...] | None = None
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a prompt file says about itself: a one-line description and the scorers it is meant for."""
+
+    about: str | None = None
+    scorers: tuple[str, ...] = ()
+
+
 # --------------------------------------------------------------------------- public loaders
+
+
+def dataset_info(path: str | os.PathLike) -> DatasetInfo:
+    """The ``about`` and ``scorers`` of a prompt file written as an object (a plain list says nothing: empty)."""
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        return DatasetInfo()
+    _unwrap(data, path)
+    about = data.get("about")
+    if about is not None and (not isinstance(about, str) or not about.strip()):
+        raise PromptFileError(f"{path}: key 'about' must be a non-empty string")
+    return DatasetInfo(about, _optional_string_list(data, "scorers", str(path)) or ())
+
 
 
 def load_pairs(path: str | os.PathLike, limit: int | None = None) -> list[PromptPair]:
@@ -149,9 +179,35 @@ def locate(path: str | os.PathLike) -> Path:
 
 
 def _read_entries(path: Path, limit: int | None) -> list[Any]:
-    """Check ``limit``, read the file and return its top-level JSON list (non-empty)."""
+    """Check ``limit``, read the file and return its JSON list of entries (non-empty): the top level, or the
+    ``entries`` of a file written as an object."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise PromptFileError(f"{path}: limit must be a positive integer or None, got {limit!r}")
+    data = _read_json(path)
+    if isinstance(data, dict):
+        data = _unwrap(data, locate(path))
+    if not isinstance(data, list):
+        raise PromptFileError(f"{locate(path)}: top level is a {_json_type(data)}, expected a JSON list of entries")
+    if not data:
+        raise PromptFileError(f"{locate(path)}: the list of entries is empty")
+    return data
+
+
+def _unwrap(data: dict, path: Path) -> Any:
+    """The ``entries`` of a file written as an object; its other keys must be ``WRAPPER_KEYS``."""
+    if "entries" not in data:
+        raise PromptFileError(f"{path}: top level is an object without 'entries'; expected a JSON list of entries "
+                              f"or an object with {', '.join(map(repr, WRAPPER_KEYS))}")
+    if unknown := sorted(set(data) - set(WRAPPER_KEYS)):
+        raise PromptFileError(f"{path}: top-level key(s) {', '.join(map(repr, unknown))} unknown; allowed keys are "
+                              f"{', '.join(map(repr, WRAPPER_KEYS))}")
+    if not isinstance(data["entries"], list):
+        raise PromptFileError(f"{path}: key 'entries' must be a list, got a {_json_type(data['entries'])}")
+    return data["entries"]
+
+
+def _read_json(path: str | os.PathLike) -> Any:
+    """The decoded JSON of a prompt file (found with ``locate``)."""
     path = locate(path)
     if not path.exists():
         raise PromptFileError(f"{path}: prompt file not found")
@@ -165,10 +221,6 @@ def _read_entries(path: Path, limit: int | None) -> list[Any]:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise PromptFileError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    if not isinstance(data, list):
-        raise PromptFileError(f"{path}: top level is a {_json_type(data)}, expected a JSON list of entries")
-    if not data:
-        raise PromptFileError(f"{path}: the list of entries is empty")
     return data
 
 

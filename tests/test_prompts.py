@@ -84,7 +84,7 @@ def test_text_pairs_file():
 
 def test_hands_pairs_file():
     pairs = load_pairs(DATASETS / "hands_pairs.json")
-    assert 15 <= len(pairs) <= 30
+    assert 35 <= len(pairs) <= 50
     assert all(p.feature == "generic" and p.negative != p.positive for p in pairs)
     assert all("hand" not in p.negative.lower() and "hand" in p.positive.lower() for p in pairs)
 
@@ -112,7 +112,7 @@ def test_text_eval_prompts_file():
 
 def test_cc500_style_prompts_file():
     prompts = load_generation_prompts(DATASETS / "cc500_style_prompts.json")
-    assert 35 <= len(prompts) <= 50
+    assert 55 <= len(prompts) <= 70
     for i, p in enumerate(prompts):
         assert p.concepts and len(p.concepts) >= 2, f"entry {i}"
         assert p.expected_text is None

@@ -21,6 +21,7 @@ import torch
 from ..capture.files import Capture
 from ..io import atomic_write_json
 from ..options import BASELINES, CHANGE_METRICS
+from .agreement import DEFAULT_FINDER, pairs_digest
 
 
 def _previous(cosine: torch.Tensor, baseline: torch.Tensor | None) -> torch.Tensor:
@@ -92,14 +93,14 @@ def rank_layers(scores: torch.Tensor, layer_names: list[str]) -> Ranking:
 def merge_captures(captures: list[Capture]) -> torch.Tensor:
     """Concatenate the ``cosine`` tensors of several captures of the same model and measurement along pairs."""
     first = captures[0]
-    defaults = {"site": "block", "compare": "cond"}
+    defaults = {"site": "block", "compare": "cond", "finder": DEFAULT_FINDER}
     for cap in captures[1:]:
-        for key in ("family", "model", "layer_names", "steps", "site", "compare"):
+        for key in ("finder", "family", "model", "layer_names", "steps", "site", "compare"):
             theirs, ours = cap.metadata.get(key, defaults.get(key)), first.metadata.get(key, defaults.get(key))
             if theirs != ours:
                 raise ValueError(
                     f"{cap.path}: {key} {theirs} differs from {first.path} ({ours}); "
-                    "only captures of the same model, step count and site can be combined"
+                    "only captures of the same finder, model, step count and site can be combined"
                 )
     for i, cap in enumerate(captures):
         for other in captures[:i]:
@@ -123,6 +124,12 @@ def merge_baselines(captures: list[Capture], baseline: str) -> torch.Tensor | No
 
 
 YLABELS = {"difference": "change in cosine similarity", "relative": "relative change in cosine similarity"}
+
+
+def captures_digest(captures: list[Capture]) -> str | None:
+    """``pairs_digest`` of the prompt pairs of ``captures`` pooled; ``None`` when one records no prompts."""
+    prompts = [cap.metadata.get("prompts") for cap in captures]
+    return None if any(p is None for p in prompts) else pairs_digest([pair for p in prompts for pair in p])
 
 
 def analyse(captures: list[Capture], out: str | Path, metric: str = "difference", step: int | None = None,
@@ -155,10 +162,12 @@ def analyse(captures: list[Capture], out: str | Path, metric: str = "difference"
         label=f"mean {YLABELS[metric]}",
     )
     result = {
+        "finder": meta.get("finder", DEFAULT_FINDER),
         "model": first.model,
         "family": first.metadata["family"],
         "captures": [str(c.path) for c in captures],
         "pairs": int(cosine.shape[0]),
+        "pairs_sha1": captures_digest(captures),
         "metric": metric,
         "baseline": baseline,
         "site": first.metadata.get("site", "block"),
@@ -166,6 +175,9 @@ def analyse(captures: list[Capture], out: str | Path, metric: str = "difference"
         "step": "all" if step is None else step,
         "top_k": k,
         "suggested": ranking.top(k),
+        "neutral": 0.0,  # the score of a block that changes nothing (the zero of the layer-weight gains)
+        "layer_names": names,
+        "block_groups": [list(g) for g in groups],
         "ranking": ranking.as_rows(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -108,21 +108,23 @@ def prompts_from_args(loader, args: argparse.Namespace, limit: int | None):
         raise SystemExit(f"--prompts: {e}") from None
 
 
-def check_loaded(adapter, args: argparse.Namespace, ranking_file: dict | None = None) -> None:
-    """Exit with one line when the loaded model cannot take the image settings, or ``--layers-from`` ranks the layers
-    of a model of another family (another model of the same family: a warning)."""
+def check_loaded(adapter, args: argparse.Namespace, ranking_file: dict | None = None,
+                 flag: str = "--layers-from") -> None:
+    """Exit with one line when the loaded model cannot take the image settings, or the ranking of ``flag`` ranks the
+    layers of a model of another family (another model of the same family: a warning)."""
     try:
         adapter.check_settings(args.height, args.width, args.max_sequence_length)
     except ValueError as e:
         raise SystemExit(str(e)) from None
     if ranking_file is None:
         return
+    dest = flag.lstrip("-").replace("-", "_")
     family, model = ranking_file.get("family"), ranking_file.get("model")
     if family is not None and family != adapter.name:
-        raise SystemExit(f"--layers-from {args.layers_from}: ranks the layers of a {family} model ({model}), but "
+        raise SystemExit(f"{flag} {getattr(args, dest)}: ranks the layers of a {family} model ({model}), but "
                          f"--model {args.model} is a {adapter.name} model")
     if model is not None and model != args.model:
-        print(f"warning: --layers-from {args.layers_from} ranks the layers of {model}, not of {args.model}")
+        print(f"warning: {flag} {getattr(args, dest)} ranks the layers of {model}, not of {args.model}")
 
 
 MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..layers import canonical_layers, repeated
-from ..options import LAYER_COMBINATIONS
+from ..options import LAYER_COMBINATIONS, LAYER_VARIANTS
 from ..prompts import load_generation_prompts
 from .common import (
     add_image_args,
@@ -35,6 +35,7 @@ DEFAULTS = dict(model=None, prompts="prompt_datasets/text_eval_prompts.json", ou
                 layer_combinations="given", guidance=None, negative_prompt="", cslg_scales=[1.0],
                 guidance_help="distilled guidance embedding where the model has one, else the CFG scale")
 LAYERS_FLAG = "--layers"  # the grid's layers: from --layers, --layers-from or the script's LAYERS
+WEIGHTS_FLAG = "--layer-weights"  # their weights: from --layer-weights or --layer-weights-from
 
 
 def dest(flag: str) -> str:
@@ -94,7 +95,16 @@ def configure(p: argparse.ArgumentParser, **overrides) -> argparse.ArgumentParse
                                   "their own or are not given")
     layers.add_argument("--layers-from", default=None, metavar="LAYERS_JSON",
                         help="take --layers from a ranking (layers.json of cslg analyse / visualize.py)")
-    layers.add_argument("--top-k", type=int, default=d["top_k"], help="with --layers-from: how many top-ranked layers")
+    layers.add_argument("--layer-weights-from", default=None, metavar="LAYERS_JSON",
+                        help="take --layers and their weights from a ranking (the top --top-k layers, weights "
+                             "proportional to their scores' distance from the ranking's neutral score, summing to 1): "
+                             "each method of --layers and --layer-weights runs in every --layer-variants")
+    layers.add_argument("--layer-variants", nargs="+", choices=LAYER_VARIANTS, default=None, metavar="VARIANT",
+                        help="with --layer-weights-from: single (the top layer), joint (all skipped in one pass), "
+                             "uniform / weighted (mean of per-layer skipped passes, equal / ranking weights) "
+                             f"(default: all: {' '.join(LAYER_VARIANTS)})")
+    layers.add_argument("--top-k", type=int, default=d["top_k"],
+                        help="with --layers-from / --layer-weights-from: how many top-ranked layers")
     layers.add_argument("--layer-combinations", choices=LAYER_COMBINATIONS, default=d["layer_combinations"],
                         help="given: the layers skipped together; all: every non-empty subset, one cell each")
     groups = {}
@@ -117,14 +127,10 @@ def read_layers_json(path: str, top_k: int) -> tuple[list[str], dict]:
     """The ``top_k`` best-ranked layers of a ``layers.json`` ranking, and the file's content."""
     if top_k < 1:
         raise SystemExit(f"--top-k must be at least 1, got {top_k}")
+    data = _read_json(path, "--layers-from")
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
         ranking = [row["layer"] for row in data["ranking"]]
-    except FileNotFoundError:
-        raise SystemExit(f"--layers-from: file not found: {path}") from None
-    except IsADirectoryError:
-        raise SystemExit(f"--layers-from: {path} is a folder; give its layers.json") from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as e:
+    except (KeyError, TypeError) as e:
         raise SystemExit(f"--layers-from: {path} is not a layers.json written by cslg analyse ({e!r})") from None
     for rank, layer in enumerate(ranking, start=1):
         if not isinstance(layer, str) or canonical_layers(layer) != (layer,):
@@ -137,10 +143,47 @@ def read_layers_json(path: str, top_k: int) -> tuple[list[str], dict]:
     return ranking[:top_k], data
 
 
+def _read_json(path: str, flag: str) -> Any:
+    """The JSON content of the file of ``flag``; exits with one line naming the flag when it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SystemExit(f"{flag}: file not found: {path}") from None
+    except IsADirectoryError:
+        raise SystemExit(f"{flag}: {path} is a folder; give its layers.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SystemExit(f"{flag}: {path} is not a layers.json written by cslg analyse ({e!r})") from None
+
+
+def read_layer_weights(args: argparse.Namespace) -> tuple[list[str], list[float], dict]:
+    """The top ``--top-k`` layers of ``--layer-weights-from``, their weights (``cslg.analysis.weights``) and the file's
+    content; exits with one line naming the flag that conflicts or the file that cannot give weights."""
+    from ..analysis.weights import layer_weights
+
+    for flag in ("layers", "layers_from", "layer_weights"):
+        if getattr(args, flag) is not None:
+            raise SystemExit(f"--layer-weights-from: the layers and weights come from {args.layer_weights_from}; "
+                             f"leave out --{flag.replace('_', '-')}")
+    if args.top_k < 2:
+        raise SystemExit(f"--layer-weights-from: give --top-k 2 or more (upstream: 5), got {args.top_k}: with one "
+                         "layer the variants are the same")
+    if args.layer_combinations != "given":
+        raise SystemExit("--layer-weights-from applies to one layer set: use --layer-combinations given")
+    data = _read_json(args.layer_weights_from, "--layer-weights-from")
+    try:
+        layers, weights = layer_weights(data, args.top_k, args.layer_weights_from)
+    except ValueError as e:
+        raise SystemExit(f"--layer-weights-from: {e}") from None
+    return list(canonical_layers(layers, "--layer-weights-from")), weights, data
+
+
 def grid_layers(args: argparse.Namespace, default_layers: Sequence) -> tuple[list[str], bool, dict | None]:
-    """``(layers, explicit, ranking file)``: the grid's layers from ``--layers``, ``--layers-from`` or the script's
-    default, whether the user gave them, and the ranking file's content when they come from one."""
-    if args.layers is not None:
+    """``(layers, explicit, ranking file)``: the grid's layers from ``--layers``, ``--layers-from``,
+    ``--layer-weights-from`` or the script's default, whether the user gave them, and the ranking file's content
+    when they come from one."""
+    if args.layer_weights_from is not None:
+        layers, _, ranking = read_layer_weights(args)
+    elif args.layers is not None:
         layers, ranking = list(canonical_layers(args.layers, "--layers")), None
     elif args.layers_from is not None:
         layers, ranking = read_layers_json(args.layers_from, args.top_k)
@@ -192,18 +235,45 @@ def grid_methods(args: argparse.Namespace, layers: list[str], explicit: bool, cf
         raise SystemExit("error: --layer-weights applies to one layer set: use --layer-combinations given")
     if unknown := [name for name in args.methods if name not in REGISTRY]:
         raise SystemExit(f"error: --methods: unknown method {unknown[0]!r}; choose from {', '.join(REGISTRY)}")
+    if args.layer_variants is not None and args.layer_weights_from is None:
+        raise SystemExit("--layer-variants: give --layer-weights-from (the ranking whose layers they combine)")
     check_method_flags(args)
-    cells = []
+    weights = read_layer_weights(args)[1] if args.layer_weights_from is not None else None
+    cells, weighted = [], False
     for name in dict.fromkeys(args.methods):
         cls = REGISTRY[name]
         values = option_values(cls, args, layers, explicit)
         if cfg_scales is not None and "cfg_scale" in values:
             values["cfg_scale"] = cfg_scales
+        variants = variant_values(cls, values, args.layer_variants or LAYER_VARIANTS, weights)
+        weighted |= weights is not None and variants != [values]
         try:
-            cells += method_cells(cls, values, args.layer_combinations)
+            for variant in variants:
+                cells += method_cells(cls, variant, args.layer_combinations)
         except (TypeError, ValueError) as e:
             raise SystemExit(f"error: {e}") from None
+    if weights is not None and not weighted:
+        raise SystemExit(f"--layer-weights-from: no method of --methods takes {WEIGHTS_FLAG} (e.g. cslg); for the "
+                         "layers alone use --layers-from")
     return cells
+
+
+def variant_values(cls: type, values: dict[str, Any], variants: Sequence[str],
+                   weights: list[float] | None) -> list[dict[str, Any]]:
+    """``values`` once per layer variant (``methods.base.layer_variant``) for a method whose options take
+    ``--layers`` and ``--layer-weights``, when the weights come from a ranking; else ``[values]``."""
+    from ..methods.base import layer_variant
+    from ..methods.schema import declared
+
+    names = {d.flag(cls.name): d.name for d in declared(cls)}
+    if weights is None or LAYERS_FLAG not in names or WEIGHTS_FLAG not in names:
+        return [values]
+    layers = values[names[LAYERS_FLAG]]
+    out = []
+    for variant in dict.fromkeys(variants):
+        chosen, a = layer_variant(variant, layers, weights)
+        out.append({**values, names[LAYERS_FLAG]: list(chosen), names[WEIGHTS_FLAG]: a})
+    return out
 
 
 def cells_of(argv: Sequence[str], default_layers: Sequence = ()) -> list:
@@ -248,7 +318,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, family: str |
     # without a distilled embedding, "guidance" is the CFG scale, as in diffusers' pipelines
     cfg_scales = [args.guidance] if not distilled and args.guidance is not None else None
     adapter = adapter_for(pipe, guidance=args.guidance if distilled else None)
-    check_loaded(adapter, args, ranking_file)
+    check_loaded(adapter, args, ranking_file, "--layer-weights-from" if args.layer_weights_from else "--layers-from")
     methods = []
     for method in grid_methods(args, layers, explicit, cfg_scales):
         try:

@@ -14,6 +14,8 @@ from ..io import atomic_write
 
 MAX_COLUMNS = 6
 LABEL_HEIGHT = 28
+LABEL_LINE = 16  # height of each further line of a label wrapped to the tile's width
+MAX_LABEL_LINES = 3
 TITLE_HEIGHT = 40
 GAP = 8  # white space between tiles
 MARK_COLOR = (230, 120, 0)  # frame and label of a cell whose settings make it equal another method
@@ -24,10 +26,25 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
 
 
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont, width: int) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels, broken at spaces (a longer word stays whole), at most
+    ``MAX_LABEL_LINES`` (the last one ends in an ellipsis when cut)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    if len(lines) > MAX_LABEL_LINES:
+        lines = lines[:MAX_LABEL_LINES]
+        lines[-1] += " …"
+    return lines or [""]
+
+
 def contact_sheet(images: Sequence[Path], labels: Sequence[str], title: str, path: Path, tile: int = 256,
                   marks: Sequence[str | None] = ()) -> Path:
-    """Write a grid of ``images`` (resized to ``tile`` px wide, ``GAP`` px apart) with ``labels`` under each and a
-    title. ``marks``: per image, why its settings make it equal another method (``degenerate``'s reason) or
+    """Write a grid of ``images`` (resized to ``tile`` px wide, ``GAP`` px apart) with ``labels`` under each (wrapped
+    to the tile's width) and a title. ``marks``: per image, why its settings make it equal another method (``degenerate``'s reason) or
     ``None``; a marked cell gets an orange frame and its label says what it equals."""
     marks = list(marks) or [None] * len(images)
     cols = min(MAX_COLUMNS, len(images))
@@ -41,15 +58,20 @@ def contact_sheet(images: Sequence[Path], labels: Sequence[str], title: str, pat
     tile_h = max(t.height for t in tiles)
     title_lines = textwrap.wrap(title, width=max(20, cols * tile // 9))[:3]
     top = TITLE_HEIGHT + 18 * (len(title_lines) - 1)
-    sheet = Image.new("RGB", (cols * (tile + GAP) + GAP, top + rows * (tile_h + LABEL_HEIGHT + GAP)), "white")
+    label_font = _font(13)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    texts = [label if not mark else f"{label} (= {mark.rsplit('equals ', 1)[-1]})" if "equals " in mark
+             else f"{label} (degenerate)" for label, mark in zip(labels, marks)]
+    wrapped = [_wrap(measure, text, label_font, tile - 8) for text in texts]
+    label_h = LABEL_HEIGHT + LABEL_LINE * (max(map(len, wrapped)) - 1)
+    sheet = Image.new("RGB", (cols * (tile + GAP) + GAP, top + rows * (tile_h + label_h + GAP)), "white")
     draw = ImageDraw.Draw(sheet)
     draw.multiline_text((GAP, 8), "\n".join(title_lines), fill="black", font=_font(15))
-    label_font = _font(13)
-    for k, (im, label, mark) in enumerate(zip(tiles, labels, marks)):
-        x, y = GAP + (k % cols) * (tile + GAP), top + (k // cols) * (tile_h + LABEL_HEIGHT + GAP)
+    for k, (im, lines, mark) in enumerate(zip(tiles, wrapped, marks)):
+        x, y = GAP + (k % cols) * (tile + GAP), top + (k // cols) * (tile_h + label_h + GAP)
         sheet.paste(im, (x, y))
         if mark:
             draw.rectangle((x - 3, y - 3, x + tile + 2, y + tile_h + 2), outline=MARK_COLOR, width=3)
-            label = f"{label} (= {mark.rsplit('equals ', 1)[-1]})" if "equals " in mark else f"{label} (degenerate)"
-        draw.text((x + 4, y + tile_h + 5), label, fill=MARK_COLOR if mark else "black", font=label_font)
+        draw.multiline_text((x + 4, y + tile_h + 5), "\n".join(lines), fill=MARK_COLOR if mark else "black",
+                            font=label_font, spacing=LABEL_LINE - 13)
     return atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))

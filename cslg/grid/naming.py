@@ -24,10 +24,12 @@ def method_tag(method: Method) -> str:
 
 
 def method_label(method: Method) -> str:
-    """Label of a method in contact sheets: its name, layers and scales."""
+    """Label of a method in contact sheets: its name and variant, layers (and their weights) and scales."""
     params = method.params()
-    parts = [method.name]
+    parts = [method.name] + ([method.variant] if method.variant else [])
     if isinstance(params.get("layers"), list):
         parts.append("[" + ",".join(params["layers"]) + "]")
+    if isinstance(params.get("weights"), list) and len(set(params["weights"])) > 1:  # equal weights: the variant says
+        parts.append("a=" + "/".join(f"{a:.2g}" for a in params["weights"]))
     parts += [f"{short}={params[key]:g}" for key, short in READABLE if params.get(key) is not None]
     return " ".join(parts)

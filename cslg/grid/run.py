@@ -113,6 +113,8 @@ def manifest_record(job: Job, settings: ImageSettings, model: str, warning: str 
         params["guidance"] = settings.guidance
     record = {"image": job.image, "prompt": job.prompt.prompt, "method": job.method.name, "seed": job.seed,
               "params": params, "model": model}
+    if job.method.variant is not None:
+        record["variant"] = job.method.variant
     if job.prompt.expected_text is not None:
         record["expected_text"] = list(job.prompt.expected_text)
     if job.prompt.concepts is not None:

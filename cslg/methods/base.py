@@ -75,6 +75,22 @@ def layer_combinations(layers: Sequence[str], mode: str) -> list[tuple[str, ...]
     raise ValueError(f"--layer-combinations must be given or all, got {mode!r}")
 
 
+def layer_variant(variant: str, layers: Sequence[str], weights: Sequence[float]) -> tuple[tuple[str, ...],
+                                                                                       tuple[float, ...] | None]:
+    """``(layers, weights)`` of a skip method's ``variant`` (``options.LAYER_VARIANTS``) of ranked ``layers`` (best
+    first) with their ranking ``weights``: ``single``, the top layer alone; ``joint``, all skipped in one pass;
+    ``uniform``, one pass per layer averaged with weights ``1/k``; ``weighted``, one pass per layer with ``weights``."""
+    k = len(layers)
+    if len(weights) != k:
+        raise ValueError(f"{k} layers but {len(weights)} weights")
+    table = {"single": (layers[:1], None), "joint": (layers, None), "uniform": (layers, [1 / k] * k),
+             "weighted": (layers, weights)}
+    if variant not in table:
+        raise ValueError(f"layer variant must be one of {', '.join(table)}, got {variant!r}")
+    chosen, a = table[variant]
+    return tuple(chosen), None if a is None else tuple(a)
+
+
 # Shared option declarations ------------------------------------------------------------------------------
 def cfg_scale_option(default: float | None = None) -> Any:
     """The CFG scale every CFG-based method shares (one flag, ``--cfg-scales``)."""
@@ -240,6 +256,11 @@ class Method:
             raise ValueError(f"{target.name}: unknown option(s) {', '.join(unknown)}; options: {', '.join(options)}")
         return target(**data)
 
+    @property
+    def variant(self) -> str | None:
+        """The name of this setting's kind within the method, for manifests and labels (``None``: no kinds)."""
+        return None
+
     def params(self) -> dict[str, Any]:
         """Every setting that shapes the image (recorded in the manifest): the options."""
         data = self.to_dict()
@@ -247,5 +268,5 @@ class Method:
         return data
 
 
-__all__ = ["MISSING", "Method", "Request", "Step", "cfg", "in_window", "layer_combinations", "perturbation_term",
-           "weighted_mean"]
+__all__ = ["MISSING", "Method", "Request", "Step", "cfg", "in_window", "layer_combinations", "layer_variant",
+           "perturbation_term", "weighted_mean"]

@@ -45,6 +45,17 @@ class CSLG(Method):
     def use_cfg(self) -> bool:
         return unbound_check(self).cfg_scale != 1.0
 
+    @property
+    def variant(self) -> str | None:
+        """How the layers are combined (``base.layer_variant``): ``single`` (one layer), ``joint`` (several
+        skipped in one pass), ``uniform`` / ``weighted`` (a pass per layer, averaged with equal / unequal weights);
+        ``None`` while the layers are the family's default, not yet bound."""
+        if not self.layers:
+            return None
+        if self.weights is None:
+            return "single" if len(self.layers) == 1 else "joint"
+        return "uniform" if len(set(self.weights)) == 1 else "weighted"
+
     def perturbed_sets(self) -> list[tuple[str, ...]]:
         return [self.layers] if self.weights is None else [(layer,) for layer in self.layers]
 
