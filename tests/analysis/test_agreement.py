@@ -140,13 +140,13 @@ def test_cslg_analyse_groups_captures_by_finder(tmp_path, capsys):
     cos = torch.ones(2, 2, 4)
     cos[:, :, 2:] = 0.8
     a = _capture(tmp_path / "a.safetensors", cos)
-    b = _capture(tmp_path / "b.safetensors", cos)
+    b = _capture(tmp_path / "b.safetensors", cos * 0.99)  # more pairs of the same finder (a copy is refused)
     layers_json = visualize.main([str(a), str(b), "--out", str(tmp_path / "pooled"), "--dpi", "40"])
-    assert json.loads(layers_json.read_text())["pairs"] == 4  # one finder: two copies are pooled, as before
+    assert json.loads(layers_json.read_text())["pairs"] == 4  # one finder: its captures are pooled, as before
     assert not (tmp_path / "pooled" / "agreement.json").exists()
     c = _capture(tmp_path / "c.safetensors", cos, finder="patching")
     with pytest.raises(SystemExit, match="^error: .*c.safetensors: pairs 2 differs from .*a.safetensors .4."):
-        visualize.main([str(a), str(b), str(c), "--out", str(tmp_path / "dup")])  # a and b pooled: each pair twice
+        visualize.main([str(a), str(b), str(c), "--out", str(tmp_path / "dup")])  # a and b pooled: 4 pairs
     path = visualize.main([str(a), str(c), "--out", str(tmp_path / "cmp"), "--top-k", "1", "--dpi", "40"])
     data = json.loads(path.read_text())
     assert [r["label"] for r in data["rankings"]] == ["contrast", "patching"]
