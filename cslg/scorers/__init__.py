@@ -21,6 +21,8 @@ from .base import MissingModelError, Scorer, SetScorer
 # scorer name -> (module, class); modules are imported on first use (each may need an optional package)
 REGISTRY: dict[str, tuple[str, str]] = {
     "hands": ("hands", "Hands"),
+    "fid": ("fid", "FID"),
+    "kid": ("kid", "KID"),
 }
 
 
