@@ -23,6 +23,8 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "hands": ("hands", "Hands"),
     "fid": ("fid", "FID"),
     "kid": ("kid", "KID"),
+    "vqascore": ("vqascore", "VQAScore"),
+    "vlm-judge": ("vlm_judge", "VLMJudge"),
 }
 
 

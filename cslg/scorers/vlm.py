@@ -1,0 +1,97 @@
+"""The vision-language model route the ``vqascore`` and ``vlm-judge`` scorers share: a ``transformers``
+image-text-to-text model (``AutoModelForImageTextToText`` + ``AutoProcessor`` with a chat template: Qwen2-VL,
+Qwen2.5-VL, InternVL3-hf, LLaVA, ...) asked one question per image in a single user turn (the image, then the
+question), with the assistant's turn opened by the chat template."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .base import Scorer
+
+# a compact Qwen2-VL chat template (the tiny model's own; real checkpoints ship theirs)
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+TINY_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                       "<|image_pad|>", "<|video_pad|>"]
+
+
+class VisionLanguageScorer(Scorer):
+    """Base of the scorers that ask a chat VLM about each image; ``model`` is a Hub id or a ``save_pretrained``
+    folder of any image-text-to-text model whose processor has a chat template. Pass ``dtype=torch.bfloat16`` for
+    the 7B+ checkpoints on a GPU."""
+
+    default_model: ClassVar[str] = "Qwen/Qwen2.5-VL-7B-Instruct"
+
+    def load(self) -> None:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        self.processor = self.load_pretrained(AutoProcessor.from_pretrained)
+        if not getattr(self.processor, "chat_template", None):
+            raise self.missing("its processor has no chat template")
+        self.tokenizer = self.processor.tokenizer
+        # answers are read at the end of each row: pad on the left
+        self.tokenizer.padding_side = "left"
+        self.vlm = self.load_pretrained(AutoModelForImageTextToText.from_pretrained, dtype=self.dtype)
+        self.vlm.to(self.device).eval()
+
+    def chat_prompt(self, question: str) -> str:
+        """The chat-template text of one user turn (an image, then ``question``) with the assistant's turn opened."""
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, images: list, texts: list[str]) -> Any:
+        """Model inputs of a batch (one image per text), left-padded, on the scorer's device."""
+        inputs = self.processor(text=texts, images=images, return_tensors="pt", padding=True)
+        return inputs.to(self.device)
+
+    @classmethod
+    def save_tiny(cls, folder: str | os.PathLike, seed: int = 0) -> Path:
+        """A randomly initialised ``Qwen2VLForConditionalGeneration`` (2 text and 2 vision layers, width 32) with its
+        processor: a byte-level BPE tokenizer trained in code on the scorers' questions, Qwen2-VL's image processor
+        (images resized to 28-56 px) and a compact chat template."""
+        import torch
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import (PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
+                                  Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+        from .vlm_judge import QUESTIONS
+        from .vqascore import ANSWER, QUESTION
+
+        corpus = [QUESTION.format(prompt="a red book and a gold clock"), *QUESTIONS.values(), ANSWER, "No",
+                  "SCORE: 7", "8/10", "user", "assistant", "\n"] * 4
+        bpe = Tokenizer(models.BPE(unk_token=None))
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=TINY_SPECIAL_TOKENS,
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                            show_progress=False))
+        tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+        image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56)
+        processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                     video_processor=Qwen2VLVideoProcessor(), chat_template=TINY_CHAT_TEMPLATE)
+        ids = {token: tokenizer.convert_tokens_to_ids(token) for token in TINY_SPECIAL_TOKENS}
+        config = Qwen2VLConfig(
+            text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                              "mrope_section": [1, 1, 2]},
+                             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                             pad_token_id=ids["<|endoftext|>"]),
+            vision_config=dict(depth=2, embed_dim=32, hidden_size=32, mlp_ratio=2, num_heads=4, patch_size=14,
+                               spatial_merge_size=2, temporal_patch_size=2),
+            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+        torch.manual_seed(seed)
+        model = Qwen2VLForConditionalGeneration(config).eval()
+        folder = Path(folder)
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        return folder
