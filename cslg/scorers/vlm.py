@@ -54,44 +54,60 @@ class VisionLanguageScorer(Scorer):
 
     @classmethod
     def save_tiny(cls, folder: str | os.PathLike, seed: int = 0) -> Path:
-        """A randomly initialised ``Qwen2VLForConditionalGeneration`` (2 text and 2 vision layers, width 32) with its
-        processor: a byte-level BPE tokenizer trained in code on the scorers' questions, Qwen2-VL's image processor
-        (images resized to 28-56 px) and a compact chat template."""
-        import torch
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-        from transformers import (PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration,
-                                  Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor)
+        """A randomly initialised Qwen2-VL with its processor (``build_tiny_vlm``); returns the folder."""
+        return build_tiny_vlm(folder, seed)
 
-        from .vlm_judge import QUESTIONS
-        from .vqascore import ANSWER, QUESTION
 
-        corpus = [QUESTION.format(prompt="a red book and a gold clock"), *QUESTIONS.values(), ANSWER, "No",
-                  "SCORE: 7", "8/10", "user", "assistant", "\n"] * 4
-        bpe = Tokenizer(models.BPE(unk_token=None))
-        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        bpe.decoder = decoders.ByteLevel()
-        bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=TINY_SPECIAL_TOKENS,
-                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                            show_progress=False))
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|endoftext|>")
-        image_processor = Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56)
-        processor = Qwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                     video_processor=Qwen2VLVideoProcessor(), chat_template=TINY_CHAT_TEMPLATE)
-        ids = {token: tokenizer.convert_tokens_to_ids(token) for token in TINY_SPECIAL_TOKENS}
-        config = Qwen2VLConfig(
-            text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                             rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                              "mrope_section": [1, 1, 2]},
-                             bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
-                             pad_token_id=ids["<|endoftext|>"]),
-            vision_config=dict(depth=2, embed_dim=32, hidden_size=32, mlp_ratio=2, num_heads=4, patch_size=14,
-                               spatial_merge_size=2, temporal_patch_size=2),
-            image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-            vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
-        torch.manual_seed(seed)
-        model = Qwen2VLForConditionalGeneration(config).eval()
-        folder = Path(folder)
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
-        return folder
+# tiny model families: name -> (transformers model, config and processor class names, vision config of that class)
+TINY_FAMILIES: dict[str, tuple[str, str, str, dict]] = {
+    "qwen2-vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLConfig", "Qwen2VLProcessor",
+                 dict(depth=2, embed_dim=32, hidden_size=32, mlp_ratio=2, num_heads=4)),
+    "qwen2.5-vl": ("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLConfig", "Qwen2_5_VLProcessor",
+                   dict(depth=2, hidden_size=32, intermediate_size=37, num_heads=4, out_hidden_size=32,
+                        window_size=56, fullatt_block_indexes=[1])),
+}
+
+
+def build_tiny_vlm(folder: str | os.PathLike, seed: int = 0, family: str = "qwen2-vl") -> Path:
+    """Save a randomly initialised image-text-to-text model of the real class of ``family`` (2 text and 2 vision
+    layers, width 32) with its processor to ``folder``: a byte-level BPE tokenizer trained in code on the scorers'
+    questions, Qwen2-VL's image processor (images resized to 28-56 px) and a compact chat template."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from .vlm_judge import QUESTIONS
+    from .vqascore import ANSWER, QUESTION
+
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(TINY_FAMILIES)}, not {family!r}")
+    model_name, config_name, processor_name, vision = TINY_FAMILIES[family]
+    corpus = [QUESTION.format(prompt="a red book and a gold clock"), *QUESTIONS.values(), ANSWER, "No",
+              "SCORE: 7", "8/10", "user", "assistant", "\n"] * 4
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=TINY_SPECIAL_TOKENS,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                        show_progress=False))
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>",
+                                                     pad_token="<|endoftext|>")
+    processor = getattr(transformers, processor_name)(
+        image_processor=transformers.Qwen2VLImageProcessor(min_pixels=28 * 28, max_pixels=56 * 56),
+        tokenizer=tokenizer, video_processor=transformers.Qwen2VLVideoProcessor(), chat_template=TINY_CHAT_TEMPLATE)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in TINY_SPECIAL_TOKENS}
+    config = getattr(transformers, config_name)(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        vision_config=dict(vision, patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_name)(config).eval()
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

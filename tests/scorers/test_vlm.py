@@ -13,21 +13,29 @@ from PIL import Image
 
 import cslg.scorers
 from cslg.scorers import MissingModelError
+from cslg.scorers.vlm import build_tiny_vlm
 from cslg.scorers.vlm_judge import QUESTIONS, parse_score
 from cslg.scorers.vqascore import QUESTION
 
 
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    return cslg.scorers.scorer_class("vqascore").save_tiny(tmp_path_factory.mktemp("tiny-vlm"))
+@pytest.fixture(scope="module", params=["qwen2-vl", "qwen2.5-vl"])
+def folder(request, tmp_path_factory):
+    """The scorers' tiny model (Qwen2-VL, ``save_tiny``) and one of the default model's class (Qwen2.5-VL)."""
+    if request.param == "qwen2-vl":
+        return cslg.scorers.scorer_class("vqascore").save_tiny(tmp_path_factory.mktemp("tiny-vlm"))
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"), family=request.param)
 
 
 @pytest.fixture(scope="module")
 def reference(folder):
     """The tiny model and processor loaded by their own classes, apart from the scorers."""
-    from transformers import Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    import transformers
 
-    return Qwen2VLForConditionalGeneration.from_pretrained(folder).eval(), Qwen2VLProcessor.from_pretrained(folder)
+    config = transformers.AutoConfig.from_pretrained(folder)
+    name = config.architectures[0]
+    assert name in ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+    processor = getattr(transformers, name.replace("ForConditionalGeneration", "Processor")).from_pretrained(folder)
+    return getattr(transformers, name).from_pretrained(folder).eval(), processor
 
 
 @pytest.fixture(scope="module")
