@@ -18,9 +18,10 @@ from cslg.scorers.vlm_judge import QUESTIONS, parse_score
 from cslg.scorers.vqascore import QUESTION
 
 
-@pytest.fixture(scope="module", params=["qwen2-vl", "qwen2.5-vl"])
+@pytest.fixture(scope="module", params=["qwen2-vl", "qwen2.5-vl", "internvl"])
 def folder(request, tmp_path_factory):
-    """The scorers' tiny model (Qwen2-VL, ``save_tiny``) and one of the default model's class (Qwen2.5-VL)."""
+    """The scorers' tiny model (Qwen2-VL, ``save_tiny``), one of the default model's class (Qwen2.5-VL) and one of
+    upstream's judge's (InternVL3)."""
     if request.param == "qwen2-vl":
         return cslg.scorers.scorer_class("vqascore").save_tiny(tmp_path_factory.mktemp("tiny-vlm"))
     return build_tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"), family=request.param)
@@ -33,7 +34,8 @@ def reference(folder):
 
     config = transformers.AutoConfig.from_pretrained(folder)
     name = config.architectures[0]
-    assert name in ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration")
+    assert name in ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration",
+                    "InternVLForConditionalGeneration")
     processor = getattr(transformers, name.replace("ForConditionalGeneration", "Processor")).from_pretrained(folder)
     return getattr(transformers, name).from_pretrained(folder).eval(), processor
 
