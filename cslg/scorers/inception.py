@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from .base import MissingModelError, SetScorer, rgb
+from .base import MissingModelError, SetScorer
 
 INSTALL = 'pip install "cslg[fid]"'
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -84,7 +84,7 @@ class InceptionSetScorer(SetScorer):
             stop = start
             while stop < len(images) and stop - start < self.batch_size and images[stop].size == size:
                 stop += 1
-            batch = np.stack([np.asarray(rgb(i), dtype=np.uint8) for i in images[start:stop]])
+            batch = np.stack([np.asarray(i, dtype=np.uint8) for i in images[start:stop]])
             with torch.no_grad():
                 out.append(self.extractor(torch.from_numpy(batch).permute(0, 3, 1, 2).to(self.device))[0].cpu())
             start = stop
@@ -102,7 +102,7 @@ class InceptionSetScorer(SetScorer):
             images = []
             for f in files:
                 with Image.open(f) as image:
-                    images.append(rgb(image.copy()))
+                    images.append(image.copy())  # converted to RGB by features()
             self._reference = {key: self.features(images)}
         return self._reference[key]
 
