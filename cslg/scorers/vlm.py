@@ -68,8 +68,8 @@ TINY_FAMILIES: dict[str, tuple[str, str, str, dict]] = {
                    dict(depth=2, hidden_size=32, intermediate_size=37, num_heads=4, out_hidden_size=32,
                         window_size=56, fullatt_block_indexes=[1])),
 }
-TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                 max_position_embeddings=512)
+TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=512)
 
 
 def tiny_tokenizer(special_tokens: list[str], named: dict[str, str] | None = None) -> Any:

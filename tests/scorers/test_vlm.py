@@ -77,7 +77,8 @@ def test_vlm_judge_answers_are_the_models_greedy_generation(folder, reference, i
             out = model.generate(**inputs, max_new_tokens=6, do_sample=False)
         answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         assert judgement.answer == answer.strip()
-        assert judgement.score == parse_score(answer) or (math.isnan(judgement.score) and math.isnan(parse_score(answer)))
+        expected = parse_score(answer)
+        assert judgement.score == expected or (math.isnan(judgement.score) and math.isnan(expected))
     unparsable = any(math.isnan(j.score) for j in judgements)
     with pytest.warns(UserWarning, match="scored NaN") if unparsable else contextlib.nullcontext():
         scores = judge.score(images[:2], PROMPTS[:2])
