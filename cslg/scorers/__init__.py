@@ -20,6 +20,11 @@ from .base import MissingModelError, Scorer, SetScorer
 
 # scorer name -> (module, class); modules are imported on first use (each may need an optional package)
 REGISTRY: dict[str, tuple[str, str]] = {
+    "hands": ("hands", "Hands"),
+    "fid": ("fid", "FID"),
+    "kid": ("kid", "KID"),
+    "vqascore": ("vqascore", "VQAScore"),
+    "vlm-judge": ("vlm_judge", "VLMJudge"),
 }
 
 
