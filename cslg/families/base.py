@@ -55,6 +55,8 @@ class Adapter:
     pag_default_layers: ClassVar[tuple[str, ...]] = ()
     default_max_sequence_length: ClassVar[int] = 256
     max_sequence_length_limit: ClassVar[int] = 512  # T5's, which diffusers' pipelines enforce
+    # the released checkpoint for real-size benchmarks: {"transformer": its config kwargs, "height", "width", "steps"}
+    released: ClassVar[dict | None] = None
 
     def __init__(self, pipe: DiffusionPipeline, guidance: float | None = None):
         self.pipe = pipe
@@ -245,10 +247,10 @@ class SpatialAdapter(Adapter):
 
     def unpatchify(self, hidden: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """Tokens ``[B, h*w, p*p*C]`` (the output projection's) as spatial latents ``[B, C, h*p, w*p]``."""
-        p, c = self.transformer.config.patch_size, self.transformer.out_channels
+        p = self.transformer.config.patch_size
         h, w = latents.shape[-2] // p, latents.shape[-1] // p
-        hidden = hidden.reshape(hidden.shape[0], h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return hidden.reshape(hidden.shape[0], c, h * p, w * p)
+        hidden = hidden.reshape(hidden.shape[0], h, w, p, p, -1).permute(0, 5, 1, 3, 2, 4)
+        return hidden.reshape(hidden.shape[0], -1, h * p, w * p)
 
 
 # Helpers the adapters share ---------------------------------------------------------------------------------

@@ -1,0 +1,101 @@
+"""What the tests of each family check the same way: CSLG against identity blocks inside diffusers' own transformer
+forward, the capture cosine against separate forwards, the baselines run. A family's test module passes its
+diffusers forward (``forward(pipe, run, t, row)``: the prediction of conditioning row ``row`` as the pipeline computes
+it before guidance)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+from cslg.capture import CaptureConfig, capture_pair
+from cslg.families import IMAGE_ONLY, TEXT_IMAGE, adapter_for
+from cslg.guidance.executor import Executor
+from cslg.guidance.sampling import prepare, sample
+from cslg.methods import APG, CFG, CSLG, SCFG, CFGZeroStar, ConceptDiffusion, Request, SkippedNegativeSLG, Step
+from cslg.prompts import PromptPair
+
+from ..helpers import H, MSL, W
+
+PROMPT = "a neon sign that says 'OPEN' above a door"
+NEG = "blurry, low quality"
+SEED = 3
+TOL = 1 / 255
+
+
+@contextmanager
+def identity_blocks(adapter, layers):
+    """Forward hooks that make the blocks ``layers`` return their own inputs, in their own output order."""
+
+    def hook(convention):
+        def returned(module, args, kwargs, output):
+            image = args[0] if args else kwargs.get("hidden_states", kwargs.get("x"))
+            if convention.output == IMAGE_ONLY:
+                return image
+            text = args[1] if len(args) > 1 else kwargs["encoder_hidden_states"]
+            return (text, image) if convention.output == TEXT_IMAGE else (image, text)
+        return returned
+
+    handles = [block.register_forward_hook(hook(bl), with_kwargs=True)
+               for name, block, bl in adapter.blocks if name in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def check_cslg_equals_identity_blocks(pipe, forward, layers, steps, cfg_scale=4.0, scale=2.0, atol=1e-5):
+    adapter = adapter_for(pipe)
+    run = prepare(adapter, {"uncond": NEG, "cond": PROMPT}, SEED, steps, H, W, MSL)
+    t = run.timesteps[1]
+    method = CSLG(layers, scale, cfg_scale=cfg_scale)
+    step = Step(1, steps, layout=adapter.layout(run.latents, run.extras), postprocess_cfg=adapter.postprocess_cfg)
+    preds = Executor(adapter).predict(run.latents, t, run.cond, run.conditions, method.passes(step), run.extras)
+    ours = method.combine(preds, step)
+    with torch.no_grad():
+        u, c = (forward(pipe, run, t, row) for row in (0, 1))
+        with identity_blocks(adapter, layers):
+            c_skip = forward(pipe, run, t, 1)
+    expected = adapter.postprocess_cfg(u + cfg_scale * (c - u), c) + scale * (c - c_skip)
+    torch.testing.assert_close(ours, expected, atol=atol, rtol=1e-4)
+    assert (c - c_skip).abs().max() > 1e-3, "skipping changed nothing: the test could not fail"
+
+
+def check_capture_cosine(pipe, name, forward, atol=1e-5, image_of=lambda x: x):
+    """``image_of``: the image tokens of a block's image output (default: all of it)."""
+    adapter = adapter_for(pipe)
+    pair = PromptPair("a dog on a sidewalk", "a dog wearing a tag that says 'buddy'")
+    config = CaptureConfig(model=name, prompts_file="-", pairs=1, steps=2, seed=SEED, height=H, width=W,
+                           guidance=1.0, max_sequence_length=MSL)
+    cosine = capture_pair(adapter, pair, config)["cosine"][0]
+    run = prepare(adapter, {"a": pair.negative, "b": pair.positive}, SEED, 2, H, W, MSL)
+    outputs: list[list[torch.Tensor]] = [[], []]
+    for row in (0, 1):
+        hooks = [block.register_forward_hook(
+            lambda m, a, out, bl=bl, row=row: outputs[row].append(image_of(adapter.image_output(bl, out))))
+            for _, block, bl in adapter.blocks]
+        try:
+            with torch.no_grad():
+                forward(pipe, run, run.timesteps[0], row)
+        finally:
+            for hook in hooks:
+                hook.remove()
+    expected = torch.stack([torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+                            for a, b in zip(*outputs, strict=True)])
+    torch.testing.assert_close(cosine, expected, atol=atol, rtol=1e-5)
+    assert expected.min() < 0.9999, "the prompts gave equal activations: the test could not fail"
+
+
+def check_baselines_run(pipe, steps, layers=("1",)):
+    """S-CFG, ConceptDiffusion, APG, CFG-Zero* and skipped-negative SLG give finite images unlike CFG's."""
+    request = Request("a red book and a gold clock", NEG)
+    run = lambda method: sample(adapter_for(pipe), method, request, SEED, steps, H, W, MSL, output_type="np")  # noqa: E731
+    cfg = run(CFG(4.0))
+    for method in (SCFG(4.0), ConceptDiffusion(4.0, 4.0), APG(4.0), CFGZeroStar(4.0),
+                   SkippedNegativeSLG(layers, cfg_scale=4.0)):
+        image = run(method)
+        assert np.isfinite(image).all(), method.name
+        assert np.abs(image - cfg).max() > 1e-3, f"{method.name} gave the CFG image"
