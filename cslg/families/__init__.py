@@ -24,6 +24,7 @@ FAMILIES = {
     "sd3": "SD3Adapter",
     "qwenimage": "QwenImageAdapter",
     "pixart": ("PixArtSigmaAdapter", "PixArtAlphaAdapter"),
+    "sana": "SanaAdapter",
 }
 # names this package re-exports from its modules, loaded on first use
 _WHERE = {

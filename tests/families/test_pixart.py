@@ -19,6 +19,7 @@ from .checks import NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_c
 
 NAME = "tiny-pixart-alpha"
 STEPS = 3
+CLOSE = 1e-4  # what diffusers and the adapter reach on these float images (measured: 0 to 1e-6)
 
 
 def _pipeline(**kw):
@@ -56,8 +57,8 @@ def test_cfg_and_none_equal_the_pipeline():
     ref_cfg, ref_none = _pipeline(negative_prompt=NEG, guidance_scale=4.0), _pipeline(guidance_scale=1.0)
     ours = lambda method: sample(adapter_for(tiny(NAME)), method, Request(PROMPT, NEG), SEED, STEPS, H, W, MSL,  # noqa: E731
                                  output_type="np")
-    assert np.abs(ref_cfg - ours(CFG(4.0))).max() <= TOL
-    assert np.abs(ref_none - ours(NoGuidance())).max() <= TOL
+    assert np.abs(ref_cfg - ours(CFG(4.0))).max() <= CLOSE
+    assert np.abs(ref_none - ours(NoGuidance())).max() <= CLOSE
     assert np.abs(ref_cfg - ref_none).max() > 2 * TOL, "CFG changed nothing: the test could not fail"
 
 
