@@ -10,6 +10,7 @@ TINY_PRESETS = (  # Adapter.tiny_presets
     "tiny-pixart-sigma",
     "tiny-pixart-alpha",
     "tiny-sana",
+    "tiny-zimage",
 )
 OFFLOAD_MODES = ("none", "model", "sequential")
 DTYPE_NAMES = ("bf16", "fp16", "fp32")

@@ -25,6 +25,7 @@ FAMILIES = {
     "qwenimage": "QwenImageAdapter",
     "pixart": ("PixArtSigmaAdapter", "PixArtAlphaAdapter"),
     "sana": "SanaAdapter",
+    "zimage": "ZImageAdapter",
 }
 # names this package re-exports from its modules, loaded on first use
 _WHERE = {

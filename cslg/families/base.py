@@ -187,6 +187,11 @@ class Adapter:
         such passes call it through ``Step.postprocess_cfg``."""
         return v
 
+    def cfg_postprocessor(self, timestep: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The post-processing of the step at ``timestep`` (``postprocess_cfg``; Z-Image's options depend on the
+        timestep)."""
+        return self.postprocess_cfg
+
     def layout(self, latents: torch.Tensor, extras: dict[str, Any]) -> LatentLayout:
         raise NotImplementedError
 

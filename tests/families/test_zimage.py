@@ -1,0 +1,124 @@
+"""Z-Image against diffusers' ZImagePipeline (CFG with its normalisation and truncation options) and its
+transformer forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import ZImagePipeline, ZImageTransformer2DModel
+from diffusers.models.transformers import transformer_z_image
+from transformers import Qwen3Model
+
+from cslg.families import adapter_for
+from cslg.families.zimage import ZImageAdapter
+from cslg.guidance.executor import Executor
+from cslg.guidance.passes import Pass
+from cslg.guidance.sampling import prepare, sample
+from cslg.methods import CFG, PAG, NoGuidance, Request
+from cslg.options import TINY_PRESETS
+
+from ..helpers import H, MSL, W, tiny
+from ..methods.test_pag import _naive_identity_dispatch
+from .checks import NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine, check_cslg_equals_identity_blocks
+
+NAME = "tiny-zimage"
+STEPS = 3
+CLOSE = 1e-4  # what diffusers and the adapter reach on these float images (measured: below 1e-6)
+
+
+def _run(**kw):
+    return tiny(NAME)(PROMPT, num_inference_steps=STEPS, height=H, width=W, max_sequence_length=MSL, output_type="np",
+                      generator=torch.Generator("cpu").manual_seed(SEED), **kw).images[0]
+
+
+def _ours(method, adapter=None):
+    adapter = adapter or adapter_for(tiny(NAME))
+    return sample(adapter, method, Request(PROMPT, NEG), SEED, STEPS, H, W, MSL, output_type="np")
+
+
+def _forward(pipe, run, t, row):
+    """Row ``row``'s prediction (``-`` the transformer's output) from diffusers' forward, called as ZImagePipeline
+    calls it: a list of latents ``[C, 1, H, W]`` and a list of unpadded prompt embeddings."""
+    cap = run.cond.embeds[row][run.cond.mask[row]]
+    out = pipe.transformer([run.latents[0].unsqueeze(1)], (1000 - t.expand(1)) / 1000, [cap], return_dict=False)[0]
+    return -torch.stack(out).squeeze(2).float()
+
+
+def test_preset_is_zimage():
+    assert NAME in TINY_PRESETS
+    pipe = tiny(NAME)
+    assert type(pipe) is ZImagePipeline and type(pipe.transformer) is ZImageTransformer2DModel
+    assert isinstance(pipe.text_encoder, Qwen3Model)
+    assert len(pipe.transformer.noise_refiner) == len(pipe.transformer.context_refiner) == 2
+    adapter = adapter_for(pipe)
+    assert adapter.layer_names == [str(i) for i in range(len(pipe.transformer.layers))]
+    assert set(ZImageAdapter.released) == {"transformer", "height", "width", "steps"}
+    roles = adapter.text_roles("a sign", 32)
+    ids = pipe.tokenizer(pipe.tokenizer.apply_chat_template([{"role": "user", "content": "a sign"}], tokenize=False,
+                                                           add_generation_prompt=True, enable_thinking=True)).input_ids
+    assert pipe.tokenizer.decode([ids[i] for i in roles.content]) == "a sign"
+    assert roles.background == tuple(range(roles.content[-1] + 1, 32))
+
+
+@pytest.mark.parametrize("options", [{}, {"cfg_normalization": 1.0}, {"cfg_truncation": 0.1}],
+                         ids=["plain", "normalised", "truncated"])
+def test_cfg_equals_the_pipeline(options):
+    """The pipeline's guidance_scale g is our CFG(g + 1); its CFG options are the adapter's."""
+    ref = _run(negative_prompt=NEG, guidance_scale=3.0, **options)
+    assert np.abs(ref - _ours(CFG(4.0), ZImageAdapter(tiny(NAME), **options))).max() <= CLOSE
+    if options:
+        assert np.abs(ref - _run(negative_prompt=NEG, guidance_scale=3.0)).max() > 2 * TOL, "the option did nothing"
+
+
+def test_none_equals_the_pipeline_without_guidance():
+    ref = _run(guidance_scale=0.0)
+    assert np.abs(ref - _ours(NoGuidance())).max() <= CLOSE
+    assert np.abs(ref - _run(negative_prompt=NEG, guidance_scale=3.0)).max() > 2 * TOL
+
+
+@pytest.mark.parametrize("layers", [("1",), ("0", "2")])
+def test_cslg_equals_identity_blocks_in_the_diffusers_forward(layers):
+    check_cslg_equals_identity_blocks(tiny(NAME), _forward, layers, STEPS)
+
+
+def test_capture_cosine_equals_separate_forwards_at_step_zero():
+    n_image = (H // tiny(NAME).vae_scale_factor // 2) * (W // tiny(NAME).vae_scale_factor // 2)
+    check_capture_cosine(tiny(NAME), NAME, _forward, image_of=lambda x: x[:, :n_image])
+
+
+def test_identity_attention_keeps_the_text_keys_visible(monkeypatch):
+    """PAG's perturbed pass on the unified sequence equals diffusers' forward in which block 1's attention is an
+    explicit softmax where each image query sees itself and the text tokens (patched at diffusers' dispatch)."""
+    pipe = tiny(NAME)
+    adapter = adapter_for(pipe)
+    run = prepare(adapter, {"cond": PROMPT}, SEED, STEPS, H, W, MSL)
+    t = run.timesteps[1]
+    passes = {"ptb": Pass.of("cond", identity_attention=["1"])}
+    ours = Executor(adapter).predict(run.latents, t, run.cond, run.conditions, passes, run.extras)["ptb"]
+    with torch.no_grad():
+        plain = _forward(pipe, run, t, 0)
+    n_image = (H // pipe.vae_scale_factor // 2) * (W // pipe.vae_scale_factor // 2)
+    original, active = transformer_z_image.dispatch_attention_fn, []
+    monkeypatch.setattr(transformer_z_image, "dispatch_attention_fn", lambda *a, **kw: (
+        _naive_identity_dispatch(n_image, False)(*a, **kw) if active else original(*a, **kw)))
+    block = adapter.block("1")
+    hooks = [block.register_forward_pre_hook(lambda m, a: active.append(1) and None),
+             block.register_forward_hook(lambda m, a, o: active.pop() and None)]
+    try:
+        with torch.no_grad():
+            ref = _forward(pipe, run, t, 0)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+    assert (ours - plain).abs().max() > 1e-3, "the perturbation changed nothing"
+
+
+def test_pag_runs():
+    image = _ours(PAG(["1"], 2.0, cfg_scale=4.0))
+    assert np.isfinite(image).all() and np.abs(image - _ours(CFG(4.0))).max() > 1e-3
+
+
+def test_baselines_run_and_guide():
+    check_baselines_run(tiny(NAME), STEPS)
