@@ -99,3 +99,18 @@ def check_baselines_run(pipe, steps, layers=("1",)):
         image = run(method)
         assert np.isfinite(image).all(), method.name
         assert np.abs(image - cfg).max() > 1e-3, f"{method.name} gave the CFG image"
+
+
+def check_save_pretrained_round_trip(pipe, tmp_path, steps, **kw):
+    """The preset (its tokenizer built in code included) reloads from ``save_pretrained`` as the same pipeline."""
+    from diffusers import DiffusionPipeline
+
+    pipe.save_pretrained(tmp_path / "preset")
+    loaded = DiffusionPipeline.from_pretrained(str(tmp_path / "preset"))
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded) is type(pipe)
+    assert {k: type(v) for k, v in loaded.components.items()} == {k: type(v) for k, v in pipe.components.items()}
+    assert loaded.tokenizer(PROMPT).input_ids == pipe.tokenizer(PROMPT).input_ids
+    run = lambda p: p(PROMPT, num_inference_steps=steps, height=H, width=W, max_sequence_length=MSL,  # noqa: E731
+                      output_type="np", generator=torch.Generator("cpu").manual_seed(SEED), **kw).images
+    assert np.abs(run(pipe) - run(loaded)).max() < 1e-5

@@ -15,7 +15,8 @@ from cslg.methods import CFG, NoGuidance, Request
 from cslg.options import TINY_PRESETS
 
 from ..helpers import H, MSL, W, tiny
-from .checks import NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine, check_cslg_equals_identity_blocks
+from .checks import (NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine, check_cslg_equals_identity_blocks,
+                     check_save_pretrained_round_trip)
 
 NAME = "tiny-pixart-alpha"
 STEPS = 3
@@ -73,3 +74,7 @@ def test_capture_cosine_equals_separate_forwards_at_step_zero():
 
 def test_baselines_run_and_guide():
     check_baselines_run(tiny(NAME), STEPS)
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    check_save_pretrained_round_trip(tiny(NAME), tmp_path, STEPS, use_resolution_binning=False, clean_caption=False)

@@ -18,7 +18,8 @@ from cslg.methods import CFG, PAG, NoGuidance, Request
 from cslg.options import TINY_PRESETS
 
 from ..helpers import H, MSL, W, tiny
-from .checks import NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine, check_cslg_equals_identity_blocks
+from .checks import (NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine, check_cslg_equals_identity_blocks,
+                     check_save_pretrained_round_trip)
 
 NAME = "tiny-sana"
 STEPS = 3
@@ -102,3 +103,7 @@ def test_linear_attention_probabilities_reproduce_the_processor():
 
 def test_baselines_run_and_guide():
     check_baselines_run(tiny(NAME), STEPS)
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    check_save_pretrained_round_trip(tiny(NAME), tmp_path, STEPS, **SANA)

@@ -20,7 +20,8 @@ from cslg.options import TINY_PRESETS
 
 from ..helpers import H, MSL, W, tiny
 from ..methods.test_pag import _naive_identity_dispatch
-from .checks import NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine, check_cslg_equals_identity_blocks
+from .checks import (NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine, check_cslg_equals_identity_blocks,
+                     check_save_pretrained_round_trip)
 
 NAME = "tiny-zimage"
 STEPS = 3
@@ -122,3 +123,7 @@ def test_pag_runs():
 
 def test_baselines_run_and_guide():
     check_baselines_run(tiny(NAME), STEPS)
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    check_save_pretrained_round_trip(tiny(NAME), tmp_path, STEPS, negative_prompt=NEG, guidance_scale=3.0)
