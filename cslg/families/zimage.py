@@ -4,8 +4,9 @@ each taking ``x`` and returning the whole sequence); two refiner blocks run on t
 padded to a multiple of 32 tokens; spatial latents, 2x2 patches; a Qwen3 text encoder (its second-to-last hidden
 states of the chat-templated prompt, padding dropped); the transformer predicts ``-v``.
 
-The executor carries the unified sequence as two streams (image tokens, then the text tokens with their padding) and
-a block sees them concatenated; the refiners run in ``embed`` (they are not skippable blocks). CFG: the pipeline's
+The executor carries the unified sequence as two streams, the image tokens and the rest (the text tokens, their
+padding, the image's padding), and a block sees them concatenated; the refiners run in ``embed`` (they are not
+skippable blocks). CFG: the pipeline's
 ``pos + g (pos - neg)`` is ``CFG(g + 1)``; its ``cfg_normalization`` (the guided prediction's norm capped at
 ``k ‖c‖``) and ``cfg_truncation`` (no guidance where ``(1000 - t) / 1000 > τ``) are adapter options."""
 
@@ -105,10 +106,16 @@ class ZImageAdapter(SpatialAdapter):
                                                               tr.cap_pad_token, None, x.device)
         for block in tr.context_refiner:
             text = block(text, cap_mask, cap_freqs)
+        # [image, image padding, text, text padding] is the unified sequence; the streams are the image tokens and
+        # [text, text padding, image padding]: attention is the same for any order of the keys
+        n = (latents.shape[-2] // p) * (latents.shape[-1] // p)
+        image, text = image[:, :n], torch.cat([text, image[:, n:]], dim=1)
+        freqs = torch.cat([x_freqs[:, :n], cap_freqs, x_freqs[:, n:]], dim=1)
+        lane, shared = {"freqs_cis": freqs, "adaln_input": adaln}, {}
         mask = None
-        if cap_mask is not None:  # the unified sequence's: every image token and each row's own text tokens
-            mask = torch.cat([torch.ones(image.shape[:2], dtype=torch.bool, device=x.device), cap_mask], dim=1)
-        lane, shared = {"freqs_cis": torch.cat([x_freqs, cap_freqs], dim=1), "adaln_input": adaln}, {}
+        if cap_mask is not None:  # the unified sequence's: the image tokens and each row's own text tokens
+            ones = lambda k: torch.ones(latents.shape[0], k, dtype=torch.bool, device=x.device)  # noqa: E731
+            mask = torch.cat([ones(n), cap_mask, ones(x_lens[0] - n)], dim=1)
         (shared if mask is None else lane)["attn_mask"] = mask
         return Streams(image, text), lane, shared, {"adaln_input": adaln}
 

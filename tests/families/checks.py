@@ -47,9 +47,10 @@ def identity_blocks(adapter, layers):
             h.remove()
 
 
-def check_cslg_equals_identity_blocks(pipe, forward, layers, steps, cfg_scale=4.0, scale=2.0, atol=1e-5):
+def check_cslg_equals_identity_blocks(pipe, forward, layers, steps, cfg_scale=4.0, scale=2.0, atol=1e-5, height=H,
+                                      width=W):
     adapter = adapter_for(pipe)
-    run = prepare(adapter, {"uncond": NEG, "cond": PROMPT}, SEED, steps, H, W, MSL)
+    run = prepare(adapter, {"uncond": NEG, "cond": PROMPT}, SEED, steps, height, width, MSL)
     t = run.timesteps[1]
     method = CSLG(layers, scale, cfg_scale=cfg_scale)
     step = Step(1, steps, layout=adapter.layout(run.latents, run.extras), postprocess_cfg=adapter.postprocess_cfg)

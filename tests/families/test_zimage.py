@@ -15,7 +15,7 @@ from cslg.families.zimage import ZImageAdapter
 from cslg.guidance.executor import Executor
 from cslg.guidance.passes import Pass
 from cslg.guidance.sampling import prepare, sample
-from cslg.methods import CFG, PAG, NoGuidance, Request
+from cslg.methods import CFG, PAG, SCFG, NoGuidance, Request
 from cslg.options import TINY_PRESETS
 
 from ..helpers import H, MSL, W, tiny
@@ -28,14 +28,17 @@ STEPS = 3
 CLOSE = 1e-4  # what diffusers and the adapter reach on these float images (measured: below 1e-6)
 
 
-def _run(**kw):
-    return tiny(NAME)(PROMPT, num_inference_steps=STEPS, height=H, width=W, max_sequence_length=MSL, output_type="np",
-                      generator=torch.Generator("cpu").manual_seed(SEED), **kw).images[0]
+PADDED = 48  # 12 x 12 image tokens: the transformer pads them to 160
 
 
-def _ours(method, adapter=None):
+def _run(size=H, **kw):
+    return tiny(NAME)(PROMPT, num_inference_steps=STEPS, height=size, width=size, max_sequence_length=MSL,
+                      output_type="np", generator=torch.Generator("cpu").manual_seed(SEED), **kw).images[0]
+
+
+def _ours(method, adapter=None, size=H):
     adapter = adapter or adapter_for(tiny(NAME))
-    return sample(adapter, method, Request(PROMPT, NEG), SEED, STEPS, H, W, MSL, output_type="np")
+    return sample(adapter, method, Request(PROMPT, NEG), SEED, STEPS, size, size, MSL, output_type="np")
 
 
 def _forward(pipe, run, t, row):
@@ -70,6 +73,15 @@ def test_cfg_equals_the_pipeline(options):
     assert np.abs(ref - _ours(CFG(4.0), ZImageAdapter(tiny(NAME), **options))).max() <= CLOSE
     if options:
         assert np.abs(ref - _run(negative_prompt=NEG, guidance_scale=3.0)).max() > 2 * TOL, "the option did nothing"
+
+
+def test_padded_image_tokens():
+    """At 48 px the image tokens are padded with the transformer's pad token: CFG still equals the pipeline and S-CFG
+    lays its maps on the 12 x 12 grid (the padding is outside the image stream)."""
+    ref = _run(PADDED, negative_prompt=NEG, guidance_scale=3.0)
+    assert np.abs(ref - _ours(CFG(4.0), size=PADDED)).max() <= CLOSE
+    assert np.isfinite(_ours(SCFG(4.0), size=PADDED)).all()
+    check_cslg_equals_identity_blocks(tiny(NAME), _forward, ("1",), STEPS, height=PADDED, width=PADDED)
 
 
 def test_none_equals_the_pipeline_without_guidance():
