@@ -115,3 +115,12 @@ def check_save_pretrained_round_trip(pipe, tmp_path, steps, **kw):
     run = lambda p: p(PROMPT, num_inference_steps=steps, height=H, width=W, max_sequence_length=MSL,  # noqa: E731
                       output_type="np", generator=torch.Generator("cpu").manual_seed(SEED), **kw).images
     assert np.abs(run(pipe) - run(loaded)).max() < 1e-5
+
+
+def check_released_size(transformer_cls, released: dict, billions: float):
+    """The released configuration builds the transformer class (on the meta device: no memory) with the published
+    parameter count (``billions``, to 2%)."""
+    assert set(released) == {"transformer", "height", "width", "steps"}
+    with torch.device("meta"):
+        model = transformer_cls(**released["transformer"])
+    assert abs(sum(p.numel() for p in model.parameters()) / 1e9 - billions) < 0.02 * billions

@@ -16,7 +16,7 @@ from cslg.options import TINY_PRESETS
 
 from ..helpers import H, MSL, W, tiny
 from .checks import (NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine, check_cslg_equals_identity_blocks,
-                     check_save_pretrained_round_trip)
+                     check_released_size, check_save_pretrained_round_trip)
 
 NAME = "tiny-pixart-alpha"
 STEPS = 3
@@ -49,9 +49,8 @@ def test_preset_is_pixart_alpha_with_resolution_conditions():
     adapter = adapter_for(pipe)
     assert type(adapter) is PixArtAlphaAdapter and adapter.name == "pixart-alpha"
     assert adapter.default_max_sequence_length == 120 and adapter.pag_default_layers == ("1",)
-    released = PixArtAlphaAdapter.released
-    assert set(released) == {"transformer", "height", "width", "steps"}
-    assert PixArtTransformer2DModel.from_config(dict(released["transformer"], num_layers=1)).use_additional_conditions
+    with torch.device("meta"):  # the released checkpoint takes the resolution conditions too
+        assert PixArtTransformer2DModel(**PixArtAlphaAdapter.released["transformer"]).use_additional_conditions
 
 
 def test_cfg_and_none_equal_the_pipeline():
@@ -78,3 +77,7 @@ def test_baselines_run_and_guide():
 
 def test_save_pretrained_round_trip(tmp_path):
     check_save_pretrained_round_trip(tiny(NAME), tmp_path, STEPS, use_resolution_binning=False, clean_caption=False)
+
+
+def test_released_config_has_the_published_size():
+    check_released_size(PixArtTransformer2DModel, PixArtAlphaAdapter.released, 0.611)  # PixArt-α: 0.6B

@@ -19,7 +19,7 @@ from cslg.options import TINY_PRESETS
 
 from ..helpers import H, MSL, W, tiny
 from .checks import (NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine, check_cslg_equals_identity_blocks,
-                     check_save_pretrained_round_trip)
+                     check_released_size, check_save_pretrained_round_trip)
 
 NAME = "tiny-sana"
 STEPS = 3
@@ -107,3 +107,7 @@ def test_baselines_run_and_guide():
 
 def test_save_pretrained_round_trip(tmp_path):
     check_save_pretrained_round_trip(tiny(NAME), tmp_path, STEPS, **SANA)
+
+
+def test_released_config_has_the_published_size():
+    check_released_size(SanaTransformer2DModel, SanaAdapter.released, 1.6)  # SANA 1600M

@@ -21,7 +21,7 @@ from cslg.options import TINY_PRESETS
 from ..helpers import H, MSL, W, tiny
 from ..methods.test_pag import _naive_identity_dispatch
 from .checks import (NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine, check_cslg_equals_identity_blocks,
-                     check_save_pretrained_round_trip)
+                     check_released_size, check_save_pretrained_round_trip)
 
 NAME = "tiny-zimage"
 STEPS = 3
@@ -139,3 +139,7 @@ def test_baselines_run_and_guide():
 
 def test_save_pretrained_round_trip(tmp_path):
     check_save_pretrained_round_trip(tiny(NAME), tmp_path, STEPS, negative_prompt=NEG, guidance_scale=3.0)
+
+
+def test_released_config_has_the_published_size():
+    check_released_size(ZImageTransformer2DModel, ZImageAdapter.released, 6.15)  # Z-Image: 6B (6.15B)
