@@ -50,10 +50,9 @@ class PixArtSigmaAdapter(SpatialAdapter):
         conditions = NO_CONDITIONS
         if tr.use_additional_conditions:  # PixArt-α 1024: (height, width) and height / width of the image, in pixels
             height, width = (n * self.pipe.vae_scale_factor for n in latents.shape[-2:])
-            conditions = {
-                "resolution": torch.tensor([[height, width]], dtype=cond.embeds.dtype, device=latents.device).expand(batch, 2),
-                "aspect_ratio": torch.tensor([[height / width]], dtype=cond.embeds.dtype, device=latents.device).expand(batch, 1),
-            }
+            like = dict(dtype=cond.embeds.dtype, device=latents.device)
+            conditions = {"resolution": torch.tensor([[height, width]], **like).expand(batch, 2),
+                          "aspect_ratio": torch.tensor([[height / width]], **like).expand(batch, 1)}
         timestep, embedded = tr.adaln_single(t.expand(batch), conditions, batch_size=batch, hidden_dtype=hidden.dtype)
         text = tr.caption_projection(cond.embeds).view(batch, -1, hidden.shape[-1])
         mask = ((1 - cond.mask.to(hidden.dtype)) * -10000.0).unsqueeze(1)  # as the transformer turns it into a bias

@@ -81,8 +81,8 @@ class ZImageAdapter(SpatialAdapter):
         return latents, {}
 
     def timesteps(self, steps, latents):
-        return flow_timesteps(self.pipe.scheduler, steps, self.device, (latents.shape[-2] // 2) * (latents.shape[-1] // 2),
-                              1.15)
+        image_seq_len = (latents.shape[-2] // 2) * (latents.shape[-1] // 2)
+        return flow_timesteps(self.pipe.scheduler, steps, self.device, image_seq_len, 1.15)
 
     def embed(self, latents, t, cond, extras, attention_kwargs):
         """ZImageTransformer2DModel.forward up to its main layers: patchify and pad, embed, refine each stream."""
@@ -137,7 +137,8 @@ class ZImageAdapter(SpatialAdapter):
 
     def cfg_postprocessor(self, timestep):
         """ZImagePipeline's CFG options at ``timestep``: truncation (no guidance: ``c``) where
-        ``(1000 - t) / 1000 > τ``, normalisation (each image's ``v`` scaled down to ``k ‖c‖`` where it is longer)."""
+        ``(1000 - t) / 1000 > τ``, normalisation (each image's ``v`` scaled down to ``k ‖c‖`` where it is
+        longer)."""
         truncated = (1000 - timestep) / 1000 > self.cfg_truncation
 
         def postprocess(v, c):

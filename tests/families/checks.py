@@ -124,3 +124,20 @@ def check_released_size(transformer_cls, released: dict, billions: float):
     with torch.device("meta"):
         model = transformer_cls(**released["transformer"])
     assert abs(sum(p.numel() for p in model.parameters()) / 1e9 - billions) < 0.02 * billions
+
+
+def check_skip_blocks_in_the_pipeline_forward(pipe, forward, layers=("1", "3")):
+    """``cslg.skip_blocks`` on the pipeline makes diffusers' own forward skip the blocks as identity hooks do."""
+    from cslg.guidance.skip import skip_blocks
+
+    adapter = adapter_for(pipe)
+    run = prepare(adapter, {"cond": PROMPT}, SEED, 2, H, W, MSL)
+    t = run.timesteps[0]
+    with torch.no_grad():
+        with skip_blocks(pipe, layers):
+            ours = forward(pipe, run, t, 0)
+        with identity_blocks(adapter, layers):
+            ref = forward(pipe, run, t, 0)
+        plain = forward(pipe, run, t, 0)
+    torch.testing.assert_close(ours, ref, atol=0, rtol=0)
+    assert (ours - plain).abs().max() > 1e-3, "skipping changed nothing: the test could not fail"

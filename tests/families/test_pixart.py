@@ -15,8 +15,9 @@ from cslg.methods import CFG, NoGuidance, Request
 from cslg.options import TINY_PRESETS
 
 from ..helpers import H, MSL, W, tiny
-from .checks import (NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine, check_cslg_equals_identity_blocks,
-                     check_released_size, check_save_pretrained_round_trip)
+from .checks import (NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine,
+                     check_cslg_equals_identity_blocks, check_released_size, check_save_pretrained_round_trip,
+                     check_skip_blocks_in_the_pipeline_forward)
 
 NAME = "tiny-pixart-alpha"
 STEPS = 3
@@ -81,3 +82,7 @@ def test_save_pretrained_round_trip(tmp_path):
 
 def test_released_config_has_the_published_size():
     check_released_size(PixArtTransformer2DModel, PixArtAlphaAdapter.released, 0.611)  # PixArt-α: 0.6B
+
+
+def test_skip_blocks_in_the_pipeline_forward():
+    check_skip_blocks_in_the_pipeline_forward(tiny(NAME), _forward)

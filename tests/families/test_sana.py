@@ -18,8 +18,9 @@ from cslg.methods import CFG, PAG, NoGuidance, Request
 from cslg.options import TINY_PRESETS
 
 from ..helpers import H, MSL, W, tiny
-from .checks import (NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine, check_cslg_equals_identity_blocks,
-                     check_released_size, check_save_pretrained_round_trip)
+from .checks import (NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine,
+                     check_cslg_equals_identity_blocks, check_released_size, check_save_pretrained_round_trip,
+                     check_skip_blocks_in_the_pipeline_forward)
 
 NAME = "tiny-sana"
 STEPS = 3
@@ -111,3 +112,7 @@ def test_save_pretrained_round_trip(tmp_path):
 
 def test_released_config_has_the_published_size():
     check_released_size(SanaTransformer2DModel, SanaAdapter.released, 1.6)  # SANA 1600M
+
+
+def test_skip_blocks_in_the_pipeline_forward():
+    check_skip_blocks_in_the_pipeline_forward(tiny(NAME), _forward)

@@ -20,8 +20,9 @@ from cslg.options import TINY_PRESETS
 
 from ..helpers import H, MSL, W, tiny
 from ..methods.test_pag import _naive_identity_dispatch
-from .checks import (NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine, check_cslg_equals_identity_blocks,
-                     check_released_size, check_save_pretrained_round_trip)
+from .checks import (NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine,
+                     check_cslg_equals_identity_blocks, check_released_size, check_save_pretrained_round_trip,
+                     check_skip_blocks_in_the_pipeline_forward)
 
 NAME = "tiny-zimage"
 STEPS = 3
@@ -143,3 +144,7 @@ def test_save_pretrained_round_trip(tmp_path):
 
 def test_released_config_has_the_published_size():
     check_released_size(ZImageTransformer2DModel, ZImageAdapter.released, 6.15)  # Z-Image: 6B (6.15B)
+
+
+def test_skip_blocks_in_the_pipeline_forward():
+    check_skip_blocks_in_the_pipeline_forward(tiny(NAME), _forward)
