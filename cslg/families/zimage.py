@@ -171,7 +171,8 @@ class ZImageAdapter(SpatialAdapter):
         return TextRoles(content, tuple(range(max(n_head, n - n_tail), text_len)), text_len)
 
     def default_size(self) -> int:
-        return 1024  # ZImagePipeline's default height and width
+        """ZImagePipeline's 1024 px for the released 8x VAE: its 64 x 64 token grid, for any VAE."""
+        return 64 * 2 * self.pipe.vae_scale_factor
 
     def decode(self, latents, height, width, output_type="pil"):
         vae = self.pipe.vae
