@@ -121,6 +121,12 @@ class SanaAdapter(SpatialAdapter):
             out = out.chunk(2, dim=1)[0]
         return out
 
+    def decode(self, latents, height, width, output_type="pil"):
+        """SanaPipeline's decode: the latents in the VAE's dtype, then unscaled (bf16 rounds as the pipeline's)."""
+        vae = self.pipe.vae
+        image = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        return self.pipe.image_processor.postprocess(image, output_type=output_type)
+
     def text_roles(self, prompt: str, text_len: int) -> TextRoles:
         """Gemma, ``<bos> content <pad>...`` with the padding masked out of the cross-attention: background =
         ``<bos>`` (the start token), content = the tokens after it (of the lower-cased prompt, as the pipeline

@@ -141,3 +141,15 @@ def check_skip_blocks_in_the_pipeline_forward(pipe, forward, layers=("1", "3")):
         plain = forward(pipe, run, t, 0)
     torch.testing.assert_close(ours, ref, atol=0, rtol=0)
     assert (ours - plain).abs().max() > 1e-3, "skipping changed nothing: the test could not fail"
+
+
+def check_bf16_cfg_equals_the_pipeline(name, cfg_scale, steps, **pipeline_kwargs):
+    """In bfloat16 (the dtype users run) our CFG rounds as the pipeline does: the same image (measured: equal)."""
+    from cslg.families import build_tiny
+
+    pipe = build_tiny(name).to(dtype=torch.bfloat16)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(PROMPT, negative_prompt=NEG, num_inference_steps=steps, height=H, width=W, max_sequence_length=MSL,
+               output_type="np", generator=torch.Generator("cpu").manual_seed(SEED), **pipeline_kwargs).images[0]
+    ours = sample(adapter_for(pipe), CFG(cfg_scale), Request(PROMPT, NEG), SEED, steps, H, W, MSL, output_type="np")
+    assert np.abs(ref.astype(np.float32) - ours.astype(np.float32)).max() <= 1e-4

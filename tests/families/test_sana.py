@@ -18,9 +18,19 @@ from cslg.methods import CFG, PAG, NoGuidance, Request
 from cslg.options import TINY_PRESETS
 
 from ..helpers import H, MSL, W, tiny
-from .checks import (NEG, PROMPT, SEED, TOL, check_baselines_run, check_capture_cosine,
-                     check_cslg_equals_identity_blocks, check_released_size, check_save_pretrained_round_trip,
-                     check_skip_blocks_in_the_pipeline_forward)
+from .checks import (
+    NEG,
+    PROMPT,
+    SEED,
+    TOL,
+    check_baselines_run,
+    check_bf16_cfg_equals_the_pipeline,
+    check_capture_cosine,
+    check_cslg_equals_identity_blocks,
+    check_released_size,
+    check_save_pretrained_round_trip,
+    check_skip_blocks_in_the_pipeline_forward,
+)
 
 NAME = "tiny-sana"
 STEPS = 3
@@ -116,3 +126,7 @@ def test_released_config_has_the_published_size():
 
 def test_skip_blocks_in_the_pipeline_forward():
     check_skip_blocks_in_the_pipeline_forward(tiny(NAME), _forward)
+
+
+def test_bf16_cfg_equals_the_pipeline():
+    check_bf16_cfg_equals_the_pipeline(NAME, 4.0, STEPS, guidance_scale=4.0, **SANA)
