@@ -63,7 +63,9 @@ def test_preset_is_sana():
     ids = pipe.tokenizer("a sign", padding="max_length", max_length=8).input_ids
     assert ids[0] == pipe.tokenizer.bos_token_id and ids[-1] == pipe.tokenizer.pad_token_id
     assert set(SanaAdapter.released) == {"transformer", "height", "width", "steps"}
-    assert adapter_for(pipe).text_roles("a sign", MSL).background == (0,)
+    roles = adapter_for(pipe).text_roles("A Sign", MSL)
+    ids = pipe.tokenizer("a sign").input_ids
+    assert roles.background == (0,) and pipe.tokenizer.decode([ids[i] for i in roles.content]) == "a sign"
 
 
 def test_cfg_and_none_equal_the_pipeline():

@@ -95,6 +95,11 @@ def test_padded_image_tokens():
     check_cslg_equals_identity_blocks(tiny(NAME), _forward, ("1",), STEPS, height=PADDED, width=PADDED)
 
 
+def test_bad_cfg_normalization_is_refused():
+    with pytest.raises(ValueError, match="cfg_normalization must be >= 0"):
+        ZImageAdapter(tiny(NAME), cfg_normalization=-1.0)
+
+
 def test_none_equals_the_pipeline_without_guidance():
     ref = _run(guidance_scale=0.0)
     assert np.abs(ref - _ours(NoGuidance())).max() <= CLOSE
