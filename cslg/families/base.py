@@ -141,6 +141,11 @@ class Adapter:
             return output
         return output[1] if convention.output == TEXT_IMAGE else output[0]
 
+    def image_tokens_of_call(self, convention: BlockList, args: tuple, kwargs: dict[str, Any]) -> int:
+        """The number of image tokens in a block call met without the executor (a hook on the block): those of
+        its image input."""
+        return self.image_output(convention, self.skip_output(convention, args, kwargs)).shape[1]
+
     def skip_output(self, convention: BlockList, args: tuple, kwargs: dict[str, Any]) -> Any:
         """What a skipped block returns for the inputs it was called with: its inputs, in its output order."""
         image = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]

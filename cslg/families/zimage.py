@@ -127,6 +127,15 @@ class ZImageAdapter(SpatialAdapter):
                     kw["adaln_input"])
         return Streams(out[:, :n], out[:, n:])
 
+    def image_tokens_of_call(self, convention, args, kwargs):
+        """In diffusers' own forward a block gets the unified sequence ``[image, image padding, text, ...]``: the
+        image tokens are the leading run that shares the first token's RoPE position on the first axis (every
+        image token sits at position ``text length + 1`` there; padding at 0, text tokens at 1, 2, ...)."""
+        freqs = args[2] if len(args) > 2 else kwargs["freqs_cis"]
+        first_axis = freqs[0, :, 0]
+        differs = (first_axis != first_axis[0]).nonzero()
+        return int(differs[0, 0]) if len(differs) else first_axis.shape[0]
+
     def unembed(self, image, post, latents, extras):
         tr = self.transformer
         p, f = tr.all_patch_size[0], tr.all_f_patch_size[0]

@@ -8,14 +8,16 @@ import pytest
 import torch
 from diffusers import ZImagePipeline, ZImageTransformer2DModel
 from diffusers.models.transformers import transformer_z_image
+from diffusers.modular_pipelines.z_image import ZImageAutoBlocks
 from transformers import Qwen3Model
 
+import cslg
 from cslg.families import adapter_for
 from cslg.families.zimage import ZImageAdapter
 from cslg.guidance.executor import Executor
 from cslg.guidance.passes import Pass
 from cslg.guidance.sampling import prepare, sample
-from cslg.methods import CFG, PAG, SCFG, NoGuidance, Request
+from cslg.methods import CFG, CSLG, PAG, SCFG, NoGuidance, Request
 from cslg.options import TINY_PRESETS
 
 from ..helpers import H, MSL, W, tiny
@@ -167,3 +169,21 @@ def test_skip_blocks_in_the_pipeline_forward():
 
 def test_bf16_cfg_equals_the_pipeline():
     check_bf16_cfg_equals_the_pipeline(NAME, 4.0, STEPS, guidance_scale=3.0)
+
+
+@pytest.mark.parametrize("method", [CFG(4.0), CSLG(["2"], 2.0, cfg_scale=4.0), PAG(["1"], 2.0, cfg_scale=4.0)],
+                         ids=["cfg", "cslg", "pag"])
+def test_guider_in_the_modular_pipeline_equals_generate(method):
+    """As a guider of diffusers' Z-Image modular pipeline (identity attention found by its hooks: the image tokens of
+    the unified sequence from its RoPE positions) a method gives generate's latents."""
+    pipe = tiny(NAME)
+    blocks = ZImageAutoBlocks()
+    blocks.sub_blocks.pop("decode")
+    mp = blocks.init_pipeline()
+    mp.update_components(**{k: v for k, v in pipe.components.items() if k in mp._component_specs})
+    mp.update_components(guider=cslg.diffusers_guider(method, mp))
+    out = mp(prompt=PROMPT, negative_prompt=NEG, num_inference_steps=2, height=H, width=W, max_sequence_length=MSL,
+             generator=torch.Generator("cpu").manual_seed(SEED), output="latents")
+    ref = cslg.generate(pipe, PROMPT, method, negative_prompt=NEG, seed=SEED, steps=2, height=H, width=W,
+                        max_sequence_length=MSL, output_type="latent", progress=False).images
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
