@@ -6,9 +6,9 @@ states of the chat-templated prompt, padding dropped); the transformer predicts 
 
 The executor carries the unified sequence as two streams, the image tokens and the rest (the text tokens, their
 padding, the image's padding), and a block sees them concatenated; the refiners run in ``embed`` (they are not
-skippable blocks). CFG: the pipeline's
-``pos + g (pos - neg)`` is ``CFG(g + 1)``; its ``cfg_normalization`` (the guided prediction's norm capped at
-``k ‖c‖``) and ``cfg_truncation`` (no guidance where ``(1000 - t) / 1000 > τ``) are adapter options."""
+skippable blocks). CFG: the pipeline's ``pos + g (pos - neg)`` is ``CFG(g + 1)``; its ``cfg_normalization`` (the
+guided prediction's norm capped at ``k ‖c‖``) and ``cfg_truncation`` (no guidance where ``(1000 - t) / 1000 > τ``)
+are adapter options."""
 
 from __future__ import annotations
 
@@ -51,10 +51,13 @@ class ZImageAdapter(SpatialAdapter):
     }
 
     def __init__(self, pipe, guidance=None, cfg_normalization: float = 0.0, cfg_truncation: float = 1.0):
-        """``cfg_normalization``: ZImagePipeline's ``cfg_normalization`` k (0: off); ``cfg_truncation``: its τ."""
+        """``cfg_normalization``: ZImagePipeline's ``cfg_normalization`` k (0: off); ``cfg_truncation``: its τ
+        (1 or more: off)."""
         super().__init__(pipe, guidance)
         if cfg_normalization < 0:
             raise ValueError(f"cfg_normalization must be >= 0, got {cfg_normalization}")
+        if cfg_truncation < 0:
+            raise ValueError(f"cfg_truncation must be >= 0 (below, no step is guided), got {cfg_truncation}")
         self.cfg_normalization = float(cfg_normalization)
         self.cfg_truncation = float(cfg_truncation)
 

@@ -97,9 +97,11 @@ def test_padded_image_tokens():
     check_cslg_equals_identity_blocks(tiny(NAME), _forward, ("1",), STEPS, height=PADDED, width=PADDED)
 
 
-def test_bad_cfg_normalization_is_refused():
+def test_bad_cfg_options_are_refused():
     with pytest.raises(ValueError, match="cfg_normalization must be >= 0"):
         ZImageAdapter(tiny(NAME), cfg_normalization=-1.0)
+    with pytest.raises(ValueError, match="cfg_truncation must be >= 0"):
+        ZImageAdapter(tiny(NAME), cfg_truncation=-0.5)
 
 
 def test_none_equals_the_pipeline_without_guidance():
