@@ -17,8 +17,16 @@ if TYPE_CHECKING:
     from .base import Adapter
     from .tiny import TinySize
 
-# family module -> its adapter class (imported on first use: ``cslg.families.layout`` stays free of diffusers)
-FAMILIES = {"flux": "FluxAdapter", "sd3": "SD3Adapter", "qwenimage": "QwenImageAdapter", "pixart": "PixArtSigmaAdapter"}
+# family module -> its adapter class, or classes (imported on first use: ``cslg.families.layout`` stays free of
+# diffusers)
+FAMILIES = {
+    "flux": "FluxAdapter",
+    "sd3": "SD3Adapter",
+    "qwenimage": "QwenImageAdapter",
+    "pixart": ("PixArtSigmaAdapter", "PixArtAlphaAdapter"),
+    "sana": "SanaAdapter",
+    "zimage": "ZImageAdapter",
+}
 # names this package re-exports from its modules, loaded on first use
 _WHERE = {
     **dict.fromkeys(("IMAGE_ONLY", "IMAGE_TEXT", "TEXT_IMAGE", "Adapter", "BlockList", "LayerError"), ".base"),
@@ -29,7 +37,8 @@ _WHERE = {
 
 def __getattr__(name: str):
     if name == "ADAPTERS":
-        value = tuple(getattr(import_module(f".{module}", __name__), cls) for module, cls in FAMILIES.items())
+        value = tuple(getattr(import_module(f".{module}", __name__), cls) for module, classes in FAMILIES.items()
+                      for cls in ((classes,) if isinstance(classes, str) else classes))
     elif name in _WHERE:
         value = getattr(import_module(_WHERE[name], __name__), name)
     else:

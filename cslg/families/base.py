@@ -57,6 +57,8 @@ class Adapter:
     default_max_sequence_length: ClassVar[int] = 256
     img2img_pipeline: ClassVar[type | None] = None  # the family's diffusers image-to-image pipeline, if any
     max_sequence_length_limit: ClassVar[int] = 512  # T5's, which diffusers' pipelines enforce
+    # the released checkpoint for real-size benchmarks: {"transformer": its config kwargs, "height", "width", "steps"}
+    released: ClassVar[dict | None] = None
 
     def __init__(self, pipe: DiffusionPipeline, guidance: float | None = None):
         self.pipe = pipe
@@ -141,6 +143,11 @@ class Adapter:
             return output
         return output[1] if convention.output == TEXT_IMAGE else output[0]
 
+    def image_tokens_of_call(self, convention: BlockList, args: tuple, kwargs: dict[str, Any]) -> int:
+        """The number of image tokens in a block call met without the executor (a hook on the block): those of
+        its image input."""
+        return self.image_output(convention, self.skip_output(convention, args, kwargs)).shape[1]
+
     def skip_output(self, convention: BlockList, args: tuple, kwargs: dict[str, Any]) -> Any:
         """What a skipped block returns for the inputs it was called with: its inputs, in its output order."""
         image = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
@@ -212,6 +219,11 @@ class Adapter:
         such passes call it through ``Step.postprocess_cfg``."""
         return v
 
+    def cfg_postprocessor(self, timestep: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The post-processing of the step at ``timestep`` (``postprocess_cfg``; Z-Image's options depend on the
+        timestep)."""
+        return self.postprocess_cfg
+
     def layout(self, latents: torch.Tensor, extras: dict[str, Any]) -> LatentLayout:
         raise NotImplementedError
 
@@ -272,10 +284,10 @@ class SpatialAdapter(Adapter):
 
     def unpatchify(self, hidden: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
         """Tokens ``[B, h*w, p*p*C]`` (the output projection's) as spatial latents ``[B, C, h*p, w*p]``."""
-        p, c = self.transformer.config.patch_size, self.transformer.out_channels
+        p = self.transformer.config.patch_size
         h, w = latents.shape[-2] // p, latents.shape[-1] // p
-        hidden = hidden.reshape(hidden.shape[0], h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return hidden.reshape(hidden.shape[0], c, h * p, w * p)
+        hidden = hidden.reshape(hidden.shape[0], h, w, p, p, -1).permute(0, 5, 1, 3, 2, 4)
+        return hidden.reshape(hidden.shape[0], -1, h * p, w * p)
 
 
 # Helpers the adapters share ---------------------------------------------------------------------------------

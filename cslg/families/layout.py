@@ -145,8 +145,11 @@ class AttentionLayout:
 
     ``role``: ``"joint"`` (image queries attend ``[text, image]`` or ``[image, text]`` keys, one call),
     ``"self"`` (image->image only) or ``"cross"`` (image->text only). For ``joint`` calls the queries are the
-    same sequence as the keys.
+    same sequence as the keys. ``kernel``: for a module that does not compute its attention with torch's
+    ``scaled_dot_product_attention`` (SANA's linear attention), how its identity attention and its probabilities
+    are computed from its call (``cslg.guidance.attention.AttentionKernel``); ``None``: it calls SDPA.
     """
 
     role: str
     text_first: bool = True
+    kernel: Any = None

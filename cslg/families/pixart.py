@@ -1,12 +1,14 @@
-"""PixArt-Σ (``PixArtSigmaPipeline``): cross-attention DiT blocks returning one tensor (the image tokens; text
-enters every block's cross-attention); spatial latents, 2x2 patches; learned-sigma output (the first half of
-the channels is the noise prediction); CFG batched; DPM-Solver."""
+"""PixArt-Σ (``PixArtSigmaPipeline``) and PixArt-α (``PixArtAlphaPipeline``): cross-attention DiT blocks returning
+one tensor (the image tokens; text enters every block's cross-attention); spatial latents, 2x2 patches;
+learned-sigma output (the first half of the channels is the noise prediction); CFG batched; DPM-Solver. PixArt-α's
+1024 px checkpoint (``sample_size`` 128) adds the image's resolution and aspect ratio to the timestep embedding."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from diffusers import DPMSolverMultistepScheduler, PixArtSigmaPipeline, PixArtTransformer2DModel
+import torch
+from diffusers import DPMSolverMultistepScheduler, PixArtAlphaPipeline, PixArtSigmaPipeline, PixArtTransformer2DModel
 from diffusers.pipelines.flux.pipeline_flux import retrieve_timesteps
 
 from .base import IMAGE_ONLY, BlockList, SpatialAdapter
@@ -45,7 +47,13 @@ class PixArtSigmaAdapter(SpatialAdapter):
         tr = self.transformer
         batch = latents.shape[0]
         hidden = tr.pos_embed(latents)
-        timestep, embedded = tr.adaln_single(t.expand(batch), NO_CONDITIONS, batch_size=batch, hidden_dtype=hidden.dtype)
+        conditions = NO_CONDITIONS
+        if tr.use_additional_conditions:  # PixArt-α 1024: (height, width) and height / width of the image, in pixels
+            height, width = (n * self.pipe.vae_scale_factor for n in latents.shape[-2:])
+            like = dict(dtype=cond.embeds.dtype, device=latents.device)
+            conditions = {"resolution": torch.tensor([[height, width]], **like).expand(batch, 2),
+                          "aspect_ratio": torch.tensor([[height / width]], **like).expand(batch, 1)}
+        timestep, embedded = tr.adaln_single(t.expand(batch), conditions, batch_size=batch, hidden_dtype=hidden.dtype)
         text = tr.caption_projection(cond.embeds).view(batch, -1, hidden.shape[-1])
         mask = ((1 - cond.mask.to(hidden.dtype)) * -10000.0).unsqueeze(1)  # as the transformer turns it into a bias
         lane = {"encoder_hidden_states": text, "encoder_attention_mask": mask, "timestep": timestep}
@@ -75,24 +83,61 @@ class PixArtSigmaAdapter(SpatialAdapter):
         return build_tiny_pixart_sigma(size, seed)
 
 
+class PixArtAlphaAdapter(PixArtSigmaAdapter):
+    """PixArt-α: PixArt-Σ's blocks and sampling, T5 prompts of 120 tokens, the resolution conditions at 1024 px."""
+
+    name = "pixart-alpha"
+    pipeline_classes = (PixArtAlphaPipeline,)
+    tiny_presets = ("tiny-pixart-alpha",)
+    default_max_sequence_length = 120  # PixArtAlphaPipeline's
+    # PixArt-alpha/PixArt-XL-2-1024-MS (upstream CSLG's PixArt): transformer/config.json, 20 steps at 1024 px
+    released = {
+        "transformer": dict(
+            num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+            cross_attention_dim=1152, caption_channels=4096, sample_size=128, patch_size=2, norm_type="ada_norm_single",
+            norm_elementwise_affine=False, norm_eps=1e-6, attention_bias=True, activation_fn="gelu-approximate",
+            num_embeds_ada_norm=1000,
+        ),
+        "height": 1024, "width": 1024, "steps": 20,
+    }
+
+    @classmethod
+    def tiny(cls, preset, size, seed):
+        return build_tiny_pixart_alpha(size, seed)
+
+
 def build_tiny_pixart_sigma(size: TinySize = TinySize(), seed: int = 0) -> PixArtSigmaPipeline:
     """A PixArt-Σ-like pipeline: ``double_blocks`` DiT blocks (self-attention ``attn1``, cross-attention ``attn2``
     to T5), learned-sigma output (``out_channels = 2 * latent_channels``; the pipeline keeps the first half), the
     SDXL-VAE scaling factor and the DPM-Solver++ scheduler PixArt-Σ ships with. ``sample_size`` is the latent grid
     of the default image, as for SD3. Call it with ``use_resolution_binning=False`` and ``clean_caption=False``."""
+    return _build_tiny_pixart(PixArtSigmaPipeline, size, seed, size.sample_size, False, 0.13025, size.heads)
+
+
+def build_tiny_pixart_alpha(size: TinySize = TinySize(), seed: int = 0) -> PixArtAlphaPipeline:
+    """A PixArt-α-1024-like pipeline: PixArt-Σ's tiny blocks with ``sample_size`` 128, which makes the transformer
+    take the image's resolution and aspect ratio (``use_additional_conditions``, as PixArt-XL-2-1024-MS) and the
+    pipeline pass them; the SD VAE's scaling factor; ``heads + 1`` heads (the width must split in three, as
+    1152: the resolution and the aspect ratio get a third of it each). Call it with ``use_resolution_binning=False``
+    and ``clean_caption=False``."""
+    return _build_tiny_pixart(PixArtAlphaPipeline, size, seed, 128, True, 0.18215, size.heads + 1)
+
+
+def _build_tiny_pixart(cls, size: TinySize, seed: int, sample_size: int, additional_conditions: bool,
+                       scaling_factor: float, heads: int):
     tok = t5_tokenizer()
-    inner = size.heads * size.head_dim
+    inner = heads * size.head_dim
     transformer = seeded(
         seed + 1,
         lambda: PixArtTransformer2DModel(
-            num_attention_heads=size.heads,
+            num_attention_heads=heads,
             attention_head_dim=size.head_dim,
             in_channels=size.latent_channels,
             out_channels=2 * size.latent_channels,
             num_layers=size.double_blocks,
             cross_attention_dim=inner,
             caption_channels=size.t5_dim,
-            sample_size=size.sample_size,
+            sample_size=sample_size,
             patch_size=2,
             norm_type="ada_norm_single",
             norm_elementwise_affine=False,
@@ -100,10 +145,10 @@ def build_tiny_pixart_sigma(size: TinySize = TinySize(), seed: int = 0) -> PixAr
             attention_bias=True,
             activation_fn="gelu-approximate",
             num_embeds_ada_norm=1000,
-            use_additional_conditions=False,
+            use_additional_conditions=additional_conditions,
         ),
     )
-    scheduler = DPMSolverMultistepScheduler(  # PixArt-alpha/PixArt-Sigma-XL-2-1024-MS scheduler_config.json
+    scheduler = DPMSolverMultistepScheduler(  # PixArt-XL-2-1024-MS's and PixArt-Sigma-XL-2-1024-MS's scheduler_config
         num_train_timesteps=1000,
         beta_start=0.0001,
         beta_end=0.02,
@@ -118,10 +163,10 @@ def build_tiny_pixart_sigma(size: TinySize = TinySize(), seed: int = 0) -> PixAr
         timestep_spacing="linspace",
         steps_offset=0,
     )
-    return PixArtSigmaPipeline(
+    return cls(
         tokenizer=tok,
         text_encoder=t5_encoder(size, seed + 4, vocab_size=len(tok)),
-        vae=kl_vae(size, seed + 2, scaling_factor=0.13025, shift_factor=None),
+        vae=kl_vae(size, seed + 2, scaling_factor=scaling_factor, shift_factor=None),
         transformer=transformer,
         scheduler=scheduler,
     )

@@ -16,14 +16,16 @@ callers see torch's own function), which can
   each block's maps.
 
 The block's output is exactly what its own processor returns when nothing is perturbed. Only the native
-SDPA path is routed; a processor that computes attention otherwise is caught (the handler saw no call).
+SDPA path is routed; a processor that computes attention otherwise is caught (the handler saw no call), unless the
+family's adapter describes that attention with an ``AttentionKernel`` (``AttentionLayout.kernel``: SANA's linear
+attention), whose module output is then replaced (identity) or read (record) by the same hooks.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import torch
 import torch.nn as nn
@@ -52,6 +54,20 @@ class SDPARoute(TorchFunctionMode):
         if func is _SDPA:
             return self.handler(func, **dict(zip(_SDPA_ARGS, args)), **kwargs)
         return func(*args, **kwargs)
+
+
+class AttentionKernel(Protocol):
+    """An attention module's computation where it does not call SDPA, given the module and its call's arguments."""
+
+    def identity(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+        """The module's output with identity attention (each query's output is its own value)."""
+
+    def queries_keys(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The queries ``[b, H, n, d]`` and keys ``[b, H, L, d]`` that ``head_probs`` takes."""
+
+    def head_probs(self, q: torch.Tensor, k: torch.Tensor, scale: float | None = None,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Each head's attention probabilities ``[b, H, n, L]``, in float32."""
 
 
 @dataclass
@@ -190,8 +206,18 @@ class SDPAHandler:
             self.add_maps(query, key, mask, scale)
         return sdpa(query, key, value, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kwargs)
 
+    def kernel_output(self, module: nn.Module, args: tuple, kwargs: dict[str, Any], output: torch.Tensor
+                      ) -> torch.Tensor:
+        """What a module with an ``AttentionKernel`` returns under this handler: its maps recorded, its output
+        replaced by the kernel's identity attention where perturbed."""
+        self.calls += 1
+        kernel = self.layout.kernel
+        if self.record:
+            self.add_maps(*kernel.queries_keys(module, args, kwargs), None, None, probs=kernel.head_probs)
+        return kernel.identity(module, args, kwargs) if self.identity else output
+
     @torch.no_grad()
-    def add_maps(self, query, key, mask, scale) -> None:
+    def add_maps(self, query, key, mask, scale, probs=head_probs) -> None:
         rows = [r for r, _ in self.record]
         q, k = query[rows], key[rows]
         length = k.shape[-2]
@@ -221,10 +247,10 @@ class SDPAHandler:
                 return {self.layout.role: renormalise(probs)}
 
         if self.sink is not None and self.sink.per_head:  # renormalise each head's rows, then average the heads
-            pieces = [{role: x.mean(dim=1) for role, x in split(head_probs(qc, k, scale, mc)).items()} for qc, mc in chunks]
+            pieces = [{role: x.mean(dim=1) for role, x in split(probs(qc, k, scale, mc)).items()} for qc, mc in chunks]
             parts = {role: torch.cat([p[role] for p in pieces], dim=1) for role in pieces[0]}
         else:
-            parts = split(torch.cat([attention_probs(qc, k, scale, mc) for qc, mc in chunks], dim=1))
+            parts = split(torch.cat([probs(qc, k, scale, mc).mean(dim=1) for qc, mc in chunks], dim=1))
         for j, (_, name) in enumerate(self.record):
             for role, maps in parts.items():
                 self.sink.add(name, role, maps[j])
@@ -242,7 +268,7 @@ class AttentionControl:
 
     def _pre(self, module, args, kwargs):
         handler = self.active.get(id(module))
-        route = SDPARoute(handler) if handler is not None else None
+        route = SDPARoute(handler) if handler is not None and handler.layout.kernel is None else None
         if route is not None:
             route.__enter__()
         self._routes.append(route)
@@ -251,6 +277,10 @@ class AttentionControl:
         route = self._routes.pop()
         if route is not None:
             route.__exit__(None, None, None)
+        handler = self.active.get(id(module))
+        if handler is not None and handler.layout.kernel is not None:
+            return handler.kernel_output(module, args, kwargs, output)
+        return None
 
     @contextmanager
     def installed(self) -> Iterator[AttentionControl]:

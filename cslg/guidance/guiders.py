@@ -55,9 +55,8 @@ class IdentityAttentionHook(ModelHook):
         self.adapter, self.control, self.layer, self.convention = adapter, control, layer, convention
 
     def new_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> Any:
-        # the block's inputs, read as its outputs are, give the number of image tokens
-        image = self.adapter.image_output(self.convention, self.adapter.skip_output(self.convention, args, kwargs))
-        with self.control.activate(self.layer, image.shape[1], identity=True, record=(), sink=None):
+        n_image = self.adapter.image_tokens_of_call(self.convention, args, kwargs)
+        with self.control.activate(self.layer, n_image, identity=True, record=(), sink=None):
             return self.fn_ref.original_forward(*args, **kwargs)
 
 

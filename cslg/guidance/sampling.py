@@ -120,7 +120,7 @@ def denoise(
         for i, t in enumerate(tqdm(run.timesteps, desc=method.name, disable=not progress, leave=False)):
             sigma = float(sigmas[i]) if sigmas is not None and i < len(sigmas) else None
             step = Step(i, n, float(t), sigma, tuple(run.conditions), layout, memory, roles=roles,
-                        postprocess_cfg=adapter.postprocess_cfg)
+                        postprocess_cfg=adapter.cfg_postprocessor(float(t)))
             preds = executor.predict(
                 latents, t, run.cond, run.conditions, method.passes(step), run.extras, attention_kwargs,
                 record=(recorded[0], recorded[1], sink) if recorded else None,

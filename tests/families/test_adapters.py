@@ -8,16 +8,15 @@ import pytest
 import torch
 from diffusers.models.attention_processor import PAGIdentitySelfAttnProcessor2_0, PAGJointAttnProcessor2_0
 
-from cslg.capture import CaptureConfig, capture_pair
 from cslg.guidance.executor import Executor
 from cslg.guidance.passes import Pass
 from cslg.families import adapter_for
 from cslg.methods import CFG, CSLG, SCFG, ConceptDiffusion, NoGuidance, Request, Step
-from cslg.prompts import PromptPair
 from cslg.guidance.sampling import prepare, sample
 from cslg.guidance.skip import skip_blocks
 
 from ..helpers import H, MSL, W, tiny
+from .checks import check_capture_cosine
 
 PROMPT = "a neon sign that says 'OPEN' above a door"
 NEG = "blurry, low quality"
@@ -82,27 +81,7 @@ def test_cslg_equals_identity_blocks_in_the_diffusers_forward(name, layers):
 
 @pytest.mark.parametrize("name", NEW)
 def test_capture_cosine_equals_separate_forwards_at_step_zero(name):
-    pipe = tiny(name)
-    adapter = adapter_for(pipe)
-    pair = PromptPair("a dog on a sidewalk", "a dog wearing a tag that says 'buddy'")
-    config = CaptureConfig(model=name, prompts_file="-", pairs=1, steps=2, seed=SEED, height=H, width=W,
-                           guidance=1.0, max_sequence_length=MSL)
-    cosine = capture_pair(adapter, pair, config)["cosine"][0]
-    run = prepare(adapter, {"a": pair.negative, "b": pair.positive}, SEED, 2, H, W, MSL)
-    outputs: list[list[torch.Tensor]] = [[], []]
-    for row in (0, 1):
-        hooks = [block.register_forward_hook(lambda m, a, out, bl=bl, row=row: outputs[row].append(adapter.image_output(bl, out)))
-                 for _, block, bl in adapter.blocks]
-        try:
-            with torch.no_grad():
-                _diffusers_forward(name, pipe, run, run.timesteps[0], row)
-        finally:
-            for hook in hooks:
-                hook.remove()
-    expected = torch.stack([torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
-                            for a, b in zip(*outputs, strict=True)])
-    torch.testing.assert_close(cosine, expected, atol=1e-5, rtol=1e-5)
-    assert expected.min() < 0.9999, "the prompts gave equal activations: the test could not fail"
+    check_capture_cosine(tiny(name), name, lambda pipe, run, t, row: _diffusers_forward(name, pipe, run, t, row))
 
 
 @pytest.mark.parametrize("name,processor", [("tiny-sd3", PAGJointAttnProcessor2_0),
