@@ -18,10 +18,17 @@ if TYPE_CHECKING:
     from .tiny import TinySize
 
 # family module -> its adapter class (imported on first use: ``cslg.families.layout`` stays free of diffusers)
-FAMILIES = {"flux": "FluxAdapter", "sd3": "SD3Adapter", "qwenimage": "QwenImageAdapter", "pixart": "PixArtSigmaAdapter"}
+FAMILIES = {
+    "flux": "FluxAdapter",
+    "sd3": "SD3Adapter",
+    "qwenimage": "QwenImageAdapter",
+    "pixart": "PixArtSigmaAdapter",
+    "flux2": "Flux2Adapter",
+    "flux2_klein": "Flux2KleinAdapter",
+}
 # names this package re-exports from its modules, loaded on first use
 _WHERE = {
-    **dict.fromkeys(("IMAGE_ONLY", "IMAGE_TEXT", "TEXT_IMAGE", "Adapter", "BlockList", "LayerError"), ".base"),
+    **dict.fromkeys(("IMAGE_ONLY", "IMAGE_TEXT", "JOINT", "TEXT_IMAGE", "Adapter", "BlockList", "LayerError"), ".base"),
     **dict.fromkeys(("AttentionLayout", "Conditioning", "LatentLayout", "Streams", "TextRoles"), ".layout"),
     "TinySize": ".tiny",
 }
@@ -113,7 +120,7 @@ def build_tiny(preset: str, size: TinySize | None = None, seed: int = 0) -> Diff
 
 
 __all__ = [
-    "ADAPTERS", "Adapter", "AttentionLayout", "BlockList", "Conditioning", "IMAGE_ONLY", "IMAGE_TEXT", "LatentLayout",
+    "ADAPTERS", "Adapter", "AttentionLayout", "BlockList", "Conditioning", "IMAGE_ONLY", "IMAGE_TEXT", "JOINT", "LatentLayout",
     "LayerError", "Streams", "TEXT_IMAGE", "TextRoles", "TinySize", "adapter_class", "adapter_class_by_name",
     "adapter_for", "adapter_for_transformer", "build_tiny", "family_of", "family_names",
 ]
