@@ -10,6 +10,7 @@ TINY_PRESETS = (  # Adapter.tiny_presets
     "tiny-pixart-sigma",
     "tiny-flux2",
     "tiny-flux2-klein",
+    "tiny-chroma",
 )
 OFFLOAD_MODES = ("none", "model", "sequential")
 DTYPE_NAMES = ("bf16", "fp16", "fp32")

@@ -25,6 +25,7 @@ FAMILIES = {
     "pixart": "PixArtSigmaAdapter",
     "flux2": "Flux2Adapter",
     "flux2_klein": "Flux2KleinAdapter",
+    "chroma": "ChromaAdapter",
 }
 # names this package re-exports from its modules, loaded on first use
 _WHERE = {
