@@ -26,6 +26,7 @@ FAMILIES = {
     "flux2": "Flux2Adapter",
     "flux2_klein": "Flux2KleinAdapter",
     "chroma": "ChromaAdapter",
+    "cogview4": "CogView4Adapter",
 }
 # names this package re-exports from its modules, loaded on first use
 _WHERE = {
