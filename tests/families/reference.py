@@ -72,3 +72,17 @@ def check_baselines_run_and_guide(pipe, prompt: str, negative: str, layers: Sequ
                        output_type="np")
         assert np.isfinite(image).all(), method.name
         assert np.abs(image - cfg).max() > differs, f"{method.name} gave the CFG image"
+
+
+def check_build_is_deterministic_and_seeded(preset: str) -> None:
+    """Two builds of ``preset`` have equal weights; another seed gives other transformer weights."""
+    from cslg.families import build_tiny
+
+    def modules(pipe):
+        return {k: v for k, v in pipe.components.items() if isinstance(v, nn.Module)}
+
+    a, b, other = build_tiny(preset), build_tiny(preset), build_tiny(preset, seed=1)
+    for key, module in modules(a).items():
+        sa, sb = module.state_dict(), modules(b)[key].state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), f"{preset}: {key}"
+    assert not torch.equal(a.transformer.proj_out.weight, other.transformer.proj_out.weight)

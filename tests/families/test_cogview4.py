@@ -17,7 +17,13 @@ from cslg.methods import CFG, NoGuidance, Request
 from cslg.prompts import PromptPair
 
 from ..helpers import tiny
-from .reference import check_baselines_run_and_guide, cslg_step, identity_blocks, image_tokens
+from .reference import (
+    check_baselines_run_and_guide,
+    check_build_is_deterministic_and_seeded,
+    cslg_step,
+    identity_blocks,
+    image_tokens,
+)
 
 NAME = "tiny-cogview4"
 PROMPT = "a neon sign that says 'OPEN' above a door"  # 48 text tokens after the pipeline's padding to 16s
@@ -135,3 +141,7 @@ def test_save_pretrained_round_trip(tmp_path):
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded) is CogView4Pipeline and loaded.tokenizer(PROMPT).input_ids == pipe.tokenizer(PROMPT).input_ids
     assert np.abs(_pipeline(loaded, negative_prompt=NEG) - _pipeline(pipe, negative_prompt=NEG)).max() < 1e-5
+
+
+def test_build_is_deterministic_and_seeded():
+    check_build_is_deterministic_and_seeded(NAME)

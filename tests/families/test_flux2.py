@@ -18,7 +18,13 @@ from cslg.methods import CFG, NoGuidance, Request
 from cslg.prompts import PromptPair
 
 from ..helpers import tiny
-from .reference import check_baselines_run_and_guide, cslg_step, identity_blocks, image_tokens
+from .reference import (
+    check_baselines_run_and_guide,
+    check_build_is_deterministic_and_seeded,
+    cslg_step,
+    identity_blocks,
+    image_tokens,
+)
 
 PROMPT = "a sign: 'OPEN'"
 NEG = "blurry"
@@ -172,3 +178,31 @@ def test_save_pretrained_round_trip(name, tmp_path):
     loaded.set_progress_bar_config(disable=True)
     assert type(loaded) is type(pipe) and dict(loaded.config).get("is_distilled") == dict(pipe.config).get("is_distilled")
     assert np.abs(_pipeline(loaded) - _pipeline(pipe)).max() < 1e-5
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_builds_are_deterministic_and_seeded(name):
+    check_build_is_deterministic_and_seeded(name)
+
+
+def test_guider_skips_double_and_joint_blocks_in_the_modular_klein_pipeline():
+    """``cslg.diffusers_guider`` in diffusers' modular Klein pipeline (its negative prompt is always ""): CFG and CSLG
+    with a skipped single (``JOINT``) block equal ``cslg.generate``; identity attention on a joint block refuses."""
+    from diffusers.modular_pipelines.flux2 import Flux2KleinBaseAutoBlocks
+
+    pipe = tiny("tiny-flux2-klein")
+    blocks = Flux2KleinBaseAutoBlocks()
+    blocks.sub_blocks.pop("decode")
+    mp = blocks.init_pipeline()
+    mp.update_components(**{k: v for k, v in pipe.components.items() if k in mp._component_specs})
+    size = dict(height=SIZE, width=SIZE, max_sequence_length=MSL)
+    for method in (CFG(4.0), cslg.CSLG(["1", "s2"], 2.0, cfg_scale=4.0)):
+        mp.update_components(guider=cslg.diffusers_guider(method, mp))
+        out = mp(prompt=PROMPT, num_inference_steps=2, generator=torch.Generator("cpu").manual_seed(0),
+                 output="latents", **size)
+        ours = cslg.generate(pipe, PROMPT, method, negative_prompt="", steps=2, output_type="latent", progress=False,
+                             **size).images
+        torch.testing.assert_close(adapter_for(pipe).unpack(ours, SIZE, SIZE), out, atol=1e-5, rtol=1e-4)
+    mp.update_components(guider=cslg.diffusers_guider(cslg.PAG(["s1"], 2.0, cfg_scale=4.0), mp))
+    with pytest.raises(ValueError, match="image tokens cannot be told apart"):
+        mp(prompt=PROMPT, num_inference_steps=1, output="latents", **size)
