@@ -122,7 +122,7 @@ def build_tiny(preset: str, size: TinySize | None = None, seed: int = 0) -> Diff
 
 
 __all__ = [
-    "ADAPTERS", "Adapter", "AttentionLayout", "BlockList", "Conditioning", "IMAGE_ONLY", "IMAGE_TEXT", "JOINT", "LatentLayout",
-    "LayerError", "Streams", "TEXT_IMAGE", "TextRoles", "TinySize", "adapter_class", "adapter_class_by_name",
+    "ADAPTERS", "Adapter", "AttentionLayout", "BlockList", "Conditioning", "IMAGE_ONLY", "IMAGE_TEXT", "JOINT",
+    "LatentLayout", "LayerError", "Streams", "TEXT_IMAGE", "TextRoles", "TinySize", "adapter_class", "adapter_class_by_name",
     "adapter_for", "adapter_for_transformer", "build_tiny", "family_of", "family_names",
 ]

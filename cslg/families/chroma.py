@@ -11,12 +11,15 @@ from typing import Sequence
 import torch
 from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
 
-from .base import JOINT, Adapter, BlockList, flow_timesteps, generator
-from .layout import AttentionLayout, Conditioning, LatentLayout, Streams, TextRoles
+from .base import JOINT, BlockList
+from .flux import FluxAdapter
+from .layout import Conditioning, Streams, TextRoles
 from .tiny import TinySize, kl_vae, seeded, t5_encoder, t5_tokenizer
 
 
-class ChromaAdapter(Adapter):
+class ChromaAdapter(FluxAdapter):
+    """FLUX.1's noise, timesteps, token layout, attention sites and un-embedding; its own modulation, text and CFG."""
+
     name = "chroma"
     pipeline_classes = (ChromaPipeline,)
     block_lists = (
@@ -24,6 +27,8 @@ class ChromaAdapter(Adapter):
         BlockList("single_transformer_blocks", "s", "single-stream blocks", JOINT),
     )
     tiny_presets = ("tiny-chroma",)
+    has_distilled_guidance = False
+    default_guidance = None
     default_cfg_scale = 5.0  # ChromaPipeline's guidance_scale
     default_max_sequence_length = 512
     released = {  # lodestones/Chroma1-HD transformer/config.json
@@ -52,29 +57,12 @@ class ChromaAdapter(Adapter):
         lane = {"temb": temb, "attention_mask": lane["attention_mask"]}
         return super().call_block(block, convention, streams, lane, shared)
 
-    def attention_output(self, block, convention):
-        if convention.output == JOINT:  # the attention output of [text, image] before the MLP concat and proj_out
-            return block.attn, lambda output, n_image: output[:, -n_image:]
-        return super().attention_output(block, convention)
-
-    def attention_calls(self, block, convention):
-        return [(block.attn, AttentionLayout("joint", text_first=True))]
-
     def encode(self, prompts: Sequence[str], max_sequence_length: int) -> Conditioning:
         embeds, text_ids, mask, *_ = self.pipe.encode_prompt(
             prompt=list(prompts), do_classifier_free_guidance=False, device=self.device,
             max_sequence_length=max_sequence_length,
         )
         return Conditioning(embeds, None, mask, shared={"text_ids": text_ids})
-
-    def initial_noise(self, seed, height, width):
-        latents, img_ids = self.pipe.prepare_latents(
-            1, self.transformer.config.in_channels // 4, height, width, self.dtype, self.device, generator(seed)
-        )
-        return latents, {"img_ids": img_ids}
-
-    def timesteps(self, steps, latents):
-        return flow_timesteps(self.pipe.scheduler, steps, self.device, latents.shape[1], 1.15)
 
     def embed(self, latents, t, cond, extras, attention_kwargs):
         tr = self.transformer
@@ -91,22 +79,11 @@ class ChromaAdapter(Adapter):
         shared = {"image_rotary_emb": rope, "joint_attention_kwargs": attention_kwargs}
         return Streams(hidden, text), lane, shared, {"temb": pooled_temb[:, -2:]}
 
-    def unembed(self, image, post, latents, extras):
-        tr = self.transformer
-        return tr.proj_out(tr.norm_out(image, post["temb"]))
-
-    def layout(self, latents, extras):
-        ids = extras["img_ids"]  # (0, row, col) per packed token
-        return LatentLayout(int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1, packed=4)
-
     def text_roles(self, prompt: str, text_len: int) -> TextRoles:
         """T5, ``content </s> <pad>...``, every padding token but the first masked out: background = ``</s>`` and
         the first padding token (the visible non-content tokens); content = the tokens before ``</s>``."""
         n = min(len(self.pipe.tokenizer(prompt, max_length=text_len, truncation=True).input_ids), text_len)
         return TextRoles(tuple(range(n - 1)), tuple(range(n - 1, min(n + 1, text_len))), text_len)
-
-    def unpack(self, latents, height, width):
-        return self.pipe._unpack_latents(latents, height, width, self.pipe.vae_scale_factor)
 
     @classmethod
     def tiny(cls, preset, size, seed):

@@ -15,14 +15,13 @@ import torch
 import torch.nn.functional as F
 from diffusers import CogView4Pipeline, CogView4Transformer2DModel, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.cogview4.pipeline_cogview4 import calculate_shift, retrieve_timesteps
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from tokenizers import processors
 from transformers import GlmConfig, GlmModel, PreTrainedTokenizerFast
-from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
 from ..guidance.attention import SDPARoute
 from .base import IMAGE_TEXT, BlockList, SpatialAdapter, generator
 from .layout import AttentionLayout, Conditioning, Streams, TextRoles
-from .tiny import TinySize, byte_bpe, kl_vae, seeded
+from .tiny import TinySize, byte_bpe_backend, kl_vae, seeded
 
 GLM_SPECIALS = ("<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>")
 GLM_PREFIX = 2  # the tokenizer starts every text with [gMASK] <sop>
@@ -140,15 +139,9 @@ def _masked_keys(mask: torch.Tensor):
 def glm_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with GLM-4's special tokens, ``[gMASK] <sop>`` before every text and left padding
     with ``<|endoftext|>`` (as THUDM/CogView4-6B's tokenizer)."""
-    vocab, merges = byte_bpe([], GLM_SPECIALS)
-    backend = Tokenizer(models.BPE(vocab, merges))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    backend.decoder = decoders.ByteLevel()
+    backend = byte_bpe_backend([], GLM_SPECIALS)
     backend.post_processor = processors.TemplateProcessing(
-        single="[gMASK] <sop> $A", special_tokens=[("[gMASK]", vocab["[gMASK]"]), ("<sop>", vocab["<sop>"])])
+        single="[gMASK] <sop> $A", special_tokens=[(t, backend.token_to_id(t)) for t in ("[gMASK]", "<sop>")])
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|endoftext|>", eos_token="<|endoftext|>",
                                   additional_special_tokens=list(GLM_SPECIALS[1:]), padding_side="left")
     tok.model_max_length = 128000

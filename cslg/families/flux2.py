@@ -22,7 +22,6 @@ from diffusers import (
 )
 from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu, format_input, retrieve_timesteps
 from diffusers.pipelines.flux2.system_messages import SYSTEM_MESSAGE
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     Mistral3Config,
     Mistral3ForConditionalGeneration,
@@ -30,14 +29,16 @@ from transformers import (
     Qwen3Config,
     Qwen3ForCausalLM,
 )
-from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from .base import JOINT, Adapter, BlockList, generator
-from .layout import AttentionLayout, Conditioning, LatentLayout, Streams, TextRoles
-from .tiny import TinySize, byte_bpe, qwen_tokenizer, seeded
+from .base import JOINT, BlockList, generator
+from .flux import FluxAdapter
+from .layout import Conditioning, Streams, TextRoles
+from .tiny import TinySize, byte_bpe_backend, qwen_tokenizer, seeded
 
 # Mistral's chat special tokens; the template renders the system and user messages as Mistral-Small-3's does
-MISTRAL_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]")
+MISTRAL_SPECIALS = (
+    "<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]",
+)
 MISTRAL_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{% set text = m['content'] if m['content'] is string else "
     "m['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}"
@@ -54,7 +55,10 @@ DOUBLE_KW = ("temb_mod_img", "temb_mod_txt")
 QK_NORM_GAIN = 4.0  # the tiny presets' qk-norm weights
 
 
-class Flux2Adapter(Adapter):
+class Flux2Adapter(FluxAdapter):
+    """FLUX.1's attention sites (single blocks: the parallel attention + MLP output of ``[text, image]``, before the
+    gate), token layout (ids ``(t, row, col, l)``) and un-embedding; its own modulation, text, noise and timesteps."""
+
     name = "flux2"
     pipeline_classes = (Flux2Pipeline,)
     block_lists = (
@@ -62,7 +66,6 @@ class Flux2Adapter(Adapter):
         BlockList("single_transformer_blocks", "s", "single-stream blocks", JOINT),
     )
     tiny_presets = ("tiny-flux2",)
-    has_distilled_guidance = True
     default_guidance = 4.0  # Flux2Pipeline's guidance_scale
     default_max_sequence_length = 512
     released = {  # black-forest-labs/FLUX.2-dev transformer/config.json
@@ -80,14 +83,6 @@ class Flux2Adapter(Adapter):
         else:
             lane = {k: lane[k] for k in DOUBLE_KW}
         return super().call_block(block, convention, streams, lane, shared)
-
-    def attention_output(self, block, convention):
-        if convention.output == JOINT:  # the parallel attention + MLP output of [text, image], before the gate
-            return block.attn, lambda output, n_image: output[:, -n_image:]
-        return super().attention_output(block, convention)
-
-    def attention_calls(self, block, convention):
-        return [(block.attn, AttentionLayout("joint", text_first=True))]
 
     def encode(self, prompts: Sequence[str], max_sequence_length: int) -> Conditioning:
         embeds, text_ids = self.pipe.encode_prompt(prompt=list(prompts), device=self.device,
@@ -128,14 +123,6 @@ class Flux2Adapter(Adapter):
         shared = {"image_rotary_emb": rope, "joint_attention_kwargs": attention_kwargs}
         return Streams(hidden, text), lane, shared, {"temb": temb}
 
-    def unembed(self, image, post, latents, extras):
-        tr = self.transformer
-        return tr.proj_out(tr.norm_out(image, post["temb"]))
-
-    def layout(self, latents, extras):
-        ids = extras["img_ids"]  # (t, row, col, l) per packed token
-        return LatentLayout(int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1, packed=4)
-
     def chat_text(self, prompt: str) -> str:
         """The text the pipeline's tokenizer reads for ``prompt`` (its chat template around it)."""
         tok = self.pipe.tokenizer
@@ -159,7 +146,8 @@ class Flux2Adapter(Adapter):
         pipe, vae = self.pipe, self.pipe.vae
         latents = self.unpack(latents, height, width)
         mean = vae.bn.running_mean.view(1, -1, 1, 1).to(latents.device, latents.dtype)
-        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(latents.device, latents.dtype)
+        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps)
+        std = std.to(latents.device, latents.dtype)
         latents = pipe._unpatchify_latents(latents * std + mean)
         image = vae.decode(latents.to(vae.dtype), return_dict=False)[0]
         return pipe.image_processor.postprocess(image, output_type=output_type)
@@ -186,14 +174,8 @@ def template_roles(tokenizer, text: str, prompt: str, text_len: int) -> TextRole
 def mistral_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with Mistral's chat special tokens and chat template, and merges that make each
     word of FLUX.2's system message one token (so the message is ~30 of the text tokens)."""
-    vocab, merges = byte_bpe([SYSTEM_MESSAGE], MISTRAL_SPECIALS)
-    backend = Tokenizer(models.BPE(vocab, merges))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    backend.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+    tok = PreTrainedTokenizerFast(tokenizer_object=byte_bpe_backend([SYSTEM_MESSAGE], MISTRAL_SPECIALS), bos_token="<s>",
+                                  eos_token="</s>", unk_token="<unk>",
                                   pad_token="<pad>", additional_special_tokens=list(MISTRAL_SPECIALS[4:]),
                                   chat_template=MISTRAL_CHAT_TEMPLATE)
     tok.model_max_length = 131072

@@ -82,15 +82,28 @@ def t5_tokenizer() -> T5TokenizerFast:
     return tok
 
 
-def byte_bpe(texts: Sequence[str], specials: Sequence[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """The vocabulary and merges of a byte-level BPE on Qwen2's pre-tokenizer: the 256 byte symbols, merges that make
-    each word of ``texts`` one token, then ``specials`` (which split ``texts`` and are not merged)."""
-    split = pre_tokenizers.Sequence(
+def byte_level_split() -> pre_tokenizers.PreTokenizer:
+    """Qwen2's pre-tokenizer: its split regex, then bytes as printable symbols."""
+    return pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
+
+
+def byte_bpe_backend(texts: Sequence[str], specials: Sequence[str]) -> Tokenizer:
+    """A ``tokenizers`` byte-level BPE of :func:`byte_bpe` (for ``PreTrainedTokenizerFast(tokenizer_object=...)``)."""
+    backend = Tokenizer(models.BPE(*byte_bpe(texts, specials)))
+    backend.pre_tokenizer = byte_level_split()
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def byte_bpe(texts: Sequence[str], specials: Sequence[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The vocabulary and merges of a byte-level BPE on Qwen2's pre-tokenizer: the 256 byte symbols, merges that make
+    each word of ``texts`` one token, then ``specials`` (which split ``texts`` and are not merged)."""
+    split = byte_level_split()
     vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     merges: list[tuple[str, str]] = []
     for text in texts:

@@ -9,10 +9,8 @@ import torch
 from diffusers import CogView4Pipeline, CogView4Transformer2DModel, DiffusionPipeline
 from transformers import GlmModel
 
-from cslg.capture import CaptureConfig, capture_pair
 from cslg.families import adapter_for
-from cslg.guidance.sampling import prepare, sample
-from cslg.guidance.skip import skip_blocks
+from cslg.guidance.sampling import sample
 from cslg.methods import CFG, NoGuidance, Request
 from cslg.prompts import PromptPair
 
@@ -20,9 +18,8 @@ from ..helpers import tiny
 from .reference import (
     check_baselines_run_and_guide,
     check_build_is_deterministic_and_seeded,
-    cslg_step,
-    identity_blocks,
-    image_tokens,
+    check_cslg_against_identities,
+    capture_against_forwards,
 )
 
 NAME = "tiny-cogview4"
@@ -85,34 +82,19 @@ def _identities(pipe, layers):
 @pytest.mark.parametrize("layers", [("1",), ("0", "4")])
 def test_cslg_equals_identity_blocks_in_the_diffusers_forward(layers):
     pipe = tiny(NAME)
-    ours, run, t = cslg_step(pipe, PROMPT, NEG, layers, SEED, STEPS, SIZE, MSL)
+    run = check_cslg_against_identities(pipe, PROMPT, NEG, layers, SEED, STEPS, SIZE, MSL,
+        lambda run, t, row: _forward(pipe, run, t, (NEG, PROMPT)[row]),
+        _identities(pipe, layers))
     assert run.cond.mask is not None  # the rows differ in length: the padded keys are masked
-    with torch.no_grad():
-        u, c = _forward(pipe, run, t, NEG), _forward(pipe, run, t, PROMPT)
-        with identity_blocks(_identities(pipe, layers)):
-            c_skip = _forward(pipe, run, t, PROMPT)
-        with skip_blocks(pipe, layers):  # cslg's own skip hook inside diffusers' forward
-            assert torch.allclose(_forward(pipe, run, t, PROMPT), c_skip, atol=1e-6)
-    torch.testing.assert_close(ours, u + 4.0 * (c - u) + 2.0 * (c - c_skip), atol=1e-5, rtol=1e-4)
-    assert (c - c_skip).abs().max() > 1e-3, "skipping changed nothing: the test could not fail"
 
 
 def test_capture_cosine_equals_separate_forwards_at_step_zero():
     pipe = tiny(NAME)
-    adapter = adapter_for(pipe)
     pair = PromptPair("a dog", "a dog wearing a tag that says 'buddy'")  # 16 and 48 tokens
-    config = CaptureConfig(model=NAME, prompts_file="-", pairs=1, steps=2, seed=SEED, height=SIZE, width=SIZE,
-                           guidance=1.0, max_sequence_length=MSL)
-    cosine = capture_pair(adapter, pair, config)["cosine"][0]
-    run = prepare(adapter, {"a": pair.negative, "b": pair.positive}, SEED, 2, SIZE, SIZE, MSL)
-    takes = [(b, lambda out: out[0]) for b in pipe.transformer.transformer_blocks]
-    outputs: list[list[torch.Tensor]] = [[], []]
-    for row, prompt in enumerate((pair.negative, pair.positive)):
-        with torch.no_grad(), image_tokens(takes, outputs[row]):
-            _forward(pipe, run, run.timesteps[0], prompt)
-    expected = torch.stack([torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
-                            for a, b in zip(*outputs, strict=True)])
-    torch.testing.assert_close(cosine, expected, atol=1e-5, rtol=1e-5)
+    expected = capture_against_forwards(
+        pipe, NAME, pair, SEED, SIZE, MSL, 1.0,
+        lambda run, t, row: _forward(pipe, run, t, (pair.negative, pair.positive)[row]),
+        lambda run: [(b, lambda out: out[0]) for b in pipe.transformer.transformer_blocks])
     assert expected.min() < 0.9999, "the prompts gave equal activations: the test could not fail"
 
 

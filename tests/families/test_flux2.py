@@ -10,10 +10,8 @@ from diffusers import DiffusionPipeline, Flux2KleinPipeline, Flux2Pipeline, Flux
 from transformers import Mistral3ForConditionalGeneration, Qwen3ForCausalLM
 
 import cslg
-from cslg.capture import CaptureConfig, capture_pair
 from cslg.families import adapter_for
-from cslg.guidance.sampling import DegenerateMethodWarning, prepare, sample
-from cslg.guidance.skip import skip_blocks
+from cslg.guidance.sampling import DegenerateMethodWarning, sample
 from cslg.methods import CFG, NoGuidance, Request
 from cslg.prompts import PromptPair
 
@@ -21,9 +19,10 @@ from ..helpers import tiny
 from .reference import (
     check_baselines_run_and_guide,
     check_build_is_deterministic_and_seeded,
-    cslg_step,
-    identity_blocks,
-    image_tokens,
+    check_cslg_against_identities,
+    capture_against_forwards,
+    flux_like_identities,
+    flux_like_image_tokens,
 )
 
 PROMPT = "a sign: 'OPEN'"
@@ -102,31 +101,13 @@ def _forward(pipe, run, t, row: int) -> torch.Tensor:
                             img_ids=run.extras["img_ids"][None], return_dict=False)[0]
 
 
-def _identities(pipe, layers):
-    """From diffusers' source: double blocks return ``(encoder_hidden_states, hidden_states)``; single blocks are
-    called with the joint ``[text, image]`` sequence as ``hidden_states`` and return it."""
-    tr, out = pipe.transformer, []
-    for name in layers:
-        if name.startswith("s"):
-            out.append((tr.single_transformer_blocks[int(name[1:])], lambda a, k: k["hidden_states"]))
-        else:
-            out.append((tr.transformer_blocks[int(name)], lambda a, k: (k["encoder_hidden_states"], k["hidden_states"])))
-    return out
-
-
 @pytest.mark.parametrize("name", PRESETS)
 @pytest.mark.parametrize("layers", [("1",), ("0", "s2"), ("s0", "s5")])
 def test_cslg_equals_identity_blocks_in_the_diffusers_forward(name, layers):
     pipe = tiny(name)
-    ours, run, t = cslg_step(pipe, PROMPT, NEG, layers, SEED, STEPS, SIZE, MSL)
-    with torch.no_grad():
-        u, c = _forward(pipe, run, t, 0), _forward(pipe, run, t, 1)
-        with identity_blocks(_identities(pipe, layers)):
-            c_skip = _forward(pipe, run, t, 1)
-        with skip_blocks(pipe, layers):  # cslg's own skip hook inside diffusers' forward
-            assert torch.allclose(_forward(pipe, run, t, 1), c_skip, atol=1e-6)
-    torch.testing.assert_close(ours, u + 4.0 * (c - u) + 2.0 * (c - c_skip), atol=1e-5, rtol=1e-4)
-    assert (c - c_skip).abs().max() > 1e-3, "skipping changed nothing: the test could not fail"
+    check_cslg_against_identities(pipe, PROMPT, NEG, layers, SEED, STEPS, SIZE, MSL,
+        lambda run, t, row: _forward(pipe, run, t, row),
+        flux_like_identities(pipe.transformer, layers))
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -134,22 +115,10 @@ def test_capture_cosine_equals_separate_forwards_at_step_zero(name):
     pipe = tiny(name)
     adapter = adapter_for(pipe)
     pair = PromptPair("a dog", "a dog with a tag: 'buddy'")
-    config = CaptureConfig(model=name, prompts_file="-", pairs=1, steps=2, seed=SEED, height=SIZE, width=SIZE,
-                           guidance=adapter.guidance if adapter.has_distilled_guidance else 1.0,
-                           max_sequence_length=MSL)
-    cosine = capture_pair(adapter, pair, config)["cosine"][0]
-    run = prepare(adapter, {"a": pair.negative, "b": pair.positive}, SEED, 2, SIZE, SIZE, MSL)
-    n_text = run.cond.embeds.shape[1]
-    tr = pipe.transformer
-    takes = [(b, lambda out: out[1]) for b in tr.transformer_blocks]
-    takes += [(b, lambda out: out[:, n_text:]) for b in tr.single_transformer_blocks]  # the joint sequence's image part
-    outputs: list[list[torch.Tensor]] = [[], []]
-    for row in (0, 1):
-        with torch.no_grad(), image_tokens(takes, outputs[row]):
-            _forward(pipe, run, run.timesteps[0], row)
-    expected = torch.stack([torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
-                            for a, b in zip(*outputs, strict=True)])
-    torch.testing.assert_close(cosine, expected, atol=1e-5, rtol=1e-5)
+    expected = capture_against_forwards(
+        pipe, name, pair, SEED, SIZE, MSL, adapter.guidance if adapter.has_distilled_guidance else 1.0,
+        lambda run, t, row: _forward(pipe, run, t, row),
+        lambda run: flux_like_image_tokens(pipe.transformer, run.cond.embeds.shape[1]))
     assert expected.min() < 1 - 1e-5, "the prompts gave equal activations: the test could not fail"
 
 
@@ -176,7 +145,8 @@ def test_save_pretrained_round_trip(name, tmp_path):
     pipe.save_pretrained(tmp_path / name)
     loaded = DiffusionPipeline.from_pretrained(str(tmp_path / name))
     loaded.set_progress_bar_config(disable=True)
-    assert type(loaded) is type(pipe) and dict(loaded.config).get("is_distilled") == dict(pipe.config).get("is_distilled")
+    assert type(loaded) is type(pipe)
+    assert dict(loaded.config).get("is_distilled") == dict(pipe.config).get("is_distilled")
     assert np.abs(_pipeline(loaded) - _pipeline(pipe)).max() < 1e-5
 
 
