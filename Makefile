@@ -14,7 +14,7 @@ MODEL ?= stabilityai/stable-diffusion-3-medium-diffusers
 PAPER_OUT ?= outputs/paper
 PAPER_TINY := --steps 6 --size 64 --max-sequence-length 64 --seeds 0,42 --limit 2 --upstream-sets "0;1;0,1" --offset 2
 
-.PHONY: install test demo paper benchmarks clean
+.PHONY: install test demo demo-all paper benchmarks clean
 
 install: $(VENV)/.installed
 
@@ -57,6 +57,20 @@ demo: install
 	$(PY) -m cslg eval --run $(DEMO_OUT)/qwenimage_run
 	$(PY) -m cslg eval --run $(DEMO_OUT)/pixart-sigma_run
 	@echo "demo outputs: $(DEMO_OUT)/ (captures, *_analysis/layers.json and figures, *_run/contact_sheets, *_run/eval)"
+
+# `make demo-all`: steps 1-4 with the cslg command on the tiny presets of the families beyond the demo's (CPU, offline;
+# measured: about 7 minutes on 2 shared cores for the four defaults: FLUX.2 2.5, Klein 2.3, Chroma 1.4, CogView4 0.7).
+DEMO_ALL_FAMILIES ?= flux2 flux2-klein chroma cogview4
+
+demo-all: install
+	for fam in $(DEMO_ALL_FAMILIES); do \
+		$(PY) -m cslg capture --model tiny-$$fam --pairs 3 $(DEMO_SIZE) --out $(DEMO_OUT)/$${fam}_capture.safetensors && \
+		$(PY) -m cslg analyse $(DEMO_OUT)/$${fam}_capture.safetensors --out $(DEMO_OUT)/$${fam}_analysis --dpi 100 && \
+		$(PY) -m cslg grid --model tiny-$$fam --limit 1 --seeds 0 $(DEMO_SIZE) --cfg-scales 4 \
+			--methods none cfg cslg pag apg cfgzero slg-neg scfg concept --cslg-scales 2 --pag-scales 2 \
+			--layers-from $(DEMO_OUT)/$${fam}_analysis/layers.json --top-k 1 --out $(DEMO_OUT)/$${fam}_run && \
+		$(PY) -m cslg eval --run $(DEMO_OUT)/$${fam}_run || exit 1; \
+	done
 
 paper: install
 	$(PY) -m cslg paper --model $(MODEL) --out $(PAPER_OUT) $(if $(filter tiny-%,$(MODEL)),$(PAPER_TINY))
