@@ -11,6 +11,10 @@ TINY_PRESETS = (  # Adapter.tiny_presets
     "tiny-pixart-alpha",
     "tiny-sana",
     "tiny-zimage",
+    "tiny-flux2",
+    "tiny-flux2-klein",
+    "tiny-chroma",
+    "tiny-cogview4",
 )
 OFFLOAD_MODES = ("none", "model", "sequential")
 DTYPE_NAMES = ("bf16", "fp16", "fp32")

@@ -26,10 +26,14 @@ FAMILIES = {
     "pixart": ("PixArtSigmaAdapter", "PixArtAlphaAdapter"),
     "sana": "SanaAdapter",
     "zimage": "ZImageAdapter",
+    "flux2": "Flux2Adapter",
+    "flux2_klein": "Flux2KleinAdapter",
+    "chroma": "ChromaAdapter",
+    "cogview4": "CogView4Adapter",
 }
 # names this package re-exports from its modules, loaded on first use
 _WHERE = {
-    **dict.fromkeys(("IMAGE_ONLY", "IMAGE_TEXT", "TEXT_IMAGE", "Adapter", "BlockList", "LayerError"), ".base"),
+    **dict.fromkeys(("IMAGE_ONLY", "IMAGE_TEXT", "JOINT", "TEXT_IMAGE", "Adapter", "BlockList", "LayerError"), ".base"),
     **dict.fromkeys(("AttentionLayout", "Conditioning", "LatentLayout", "Streams", "TextRoles"), ".layout"),
     "TinySize": ".tiny",
 }
@@ -150,7 +154,7 @@ def build_tiny(preset: str, size: TinySize | None = None, seed: int = 0) -> Diff
 
 
 __all__ = [
-    "ADAPTERS", "Adapter", "AttentionLayout", "BlockList", "Conditioning", "IMAGE_ONLY", "IMAGE_TEXT", "LatentLayout",
-    "LayerError", "Streams", "TEXT_IMAGE", "TextRoles", "TinySize", "adapter_class", "adapter_class_by_name",
+    "ADAPTERS", "Adapter", "AttentionLayout", "BlockList", "Conditioning", "IMAGE_ONLY", "IMAGE_TEXT", "JOINT",
+    "LatentLayout", "LayerError", "Streams", "TEXT_IMAGE", "TextRoles", "TinySize", "adapter_class", "adapter_class_by_name",
     "adapter_for", "adapter_for_transformer", "build_tiny", "family_of", "family_names",
 ]

@@ -30,6 +30,7 @@ class LayerError(ValueError):
 TEXT_IMAGE = "text_image"  # returns (encoder_hidden_states, hidden_states): FLUX, SD3, Qwen-Image
 IMAGE_TEXT = "image_text"  # returns (hidden_states, encoder_hidden_states): CogView4, HunyuanVideo, Mochi
 IMAGE_ONLY = "image_only"  # returns hidden_states alone: PixArt, SANA, Wan, LTX
+JOINT = "joint"  # takes and returns one [text, image] sequence as hidden_states: FLUX.2 and Chroma single blocks
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Adapter:
     img2img_pipeline: ClassVar[type | None] = None  # the family's diffusers image-to-image pipeline, if any
     max_sequence_length_limit: ClassVar[int] = 512  # T5's, which diffusers' pipelines enforce
     # the released checkpoint for real-size benchmarks: {"transformer": its config kwargs, "height", "width", "steps"}
-    released: ClassVar[dict | None] = None
+    released: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, pipe: DiffusionPipeline, guidance: float | None = None):
         self.pipe = pipe
@@ -132,6 +133,10 @@ class Adapter:
         (its uncompiled call)."""
         if convention.output == IMAGE_ONLY:
             return Streams(block(streams.image, **lane, **shared), None)
+        if convention.output == JOINT:
+            n_text = streams.text.shape[1]
+            out = block(hidden_states=torch.cat([streams.text, streams.image], dim=1), **lane, **shared)
+            return Streams(out[:, n_text:], out[:, :n_text])
         out = block(hidden_states=streams.image, encoder_hidden_states=streams.text, **lane, **shared)
         text, image = out if convention.output == TEXT_IMAGE else out[::-1]
         return Streams(image, text)
@@ -141,6 +146,9 @@ class Adapter:
         """The image-token stream of a block's raw output (for forward hooks)."""
         if convention.output == IMAGE_ONLY:
             return output
+        if convention.output == JOINT:
+            raise ValueError(f"{convention.label} return one [text, image] sequence: its image tokens cannot be told "
+                             "apart without the number of text tokens")
         return output[1] if convention.output == TEXT_IMAGE else output[0]
 
     def image_tokens_of_call(self, convention: BlockList, args: tuple, kwargs: dict[str, Any]) -> int:
@@ -151,9 +159,10 @@ class Adapter:
     def skip_output(self, convention: BlockList, args: tuple, kwargs: dict[str, Any]) -> Any:
         """What a skipped block returns for the inputs it was called with: its inputs, in its output order."""
         image = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-        if convention.output == IMAGE_ONLY:
+        if convention.output in (IMAGE_ONLY, JOINT):
             return image
-        text = kwargs.get("encoder_hidden_states")
+        # CogView4's forward passes the streams positionally
+        text = kwargs["encoder_hidden_states"] if "encoder_hidden_states" in kwargs else args[1] if len(args) > 1 else None
         return (text, image) if convention.output == TEXT_IMAGE else (image, text)
 
     def attention_output(self, block: nn.Module, convention: BlockList) -> tuple[nn.Module, Callable[[Any, int], torch.Tensor]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from diffusers import AutoencoderKL
@@ -81,26 +82,47 @@ def t5_tokenizer() -> T5TokenizerFast:
     return tok
 
 
-def qwen_tokenizer() -> Qwen2Tokenizer:
-    """A byte-level Qwen2 BPE tokenizer: the 256 byte symbols, Qwen's chat special tokens, and merges that make
-    each word of :data:`QWEN_PROMPT_TEMPLATE` one token (so its prefix is the 34 tokens the pipeline drops).
-    Other text is mostly one token per byte."""
-    split = pre_tokenizers.Sequence(
+def byte_level_split() -> pre_tokenizers.PreTokenizer:
+    """Qwen2's pre-tokenizer: its split regex, then bytes as printable symbols."""
+    return pre_tokenizers.Sequence(
         [
             pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
+
+
+def byte_bpe_backend(texts: Sequence[str], specials: Sequence[str]) -> Tokenizer:
+    """A ``tokenizers`` byte-level BPE of :func:`byte_bpe` (for ``PreTrainedTokenizerFast(tokenizer_object=...)``)."""
+    backend = Tokenizer(models.BPE(*byte_bpe(texts, specials)))
+    backend.pre_tokenizer = byte_level_split()
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def byte_bpe(texts: Sequence[str], specials: Sequence[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """The vocabulary and merges of a byte-level BPE on Qwen2's pre-tokenizer: the 256 byte symbols, merges that make
+    each word of ``texts`` one token, then ``specials`` (which split ``texts`` and are not merged)."""
+    split = byte_level_split()
     vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     merges: list[tuple[str, str]] = []
-    for text in re.split("|".join(map(re.escape, _QWEN_SPECIALS)), QWEN_PROMPT_TEMPLATE.replace("{}", "")):
-        for word, _ in split.pre_tokenize_str(text):
-            for i in range(2, len(word) + 1):  # left-to-right chain: w[:1]+w[1], w[:2]+w[2], ...
-                if word[:i] not in vocab:
-                    merges.append((word[: i - 1], word[i - 1]))
-                    vocab[word[:i]] = len(vocab)
-    for special in _QWEN_SPECIALS:
+    for text in texts:
+        for part in re.split("|".join(map(re.escape, specials)), text):
+            for word, _ in split.pre_tokenize_str(part):
+                for i in range(2, len(word) + 1):  # left-to-right chain: w[:1]+w[1], w[:2]+w[2], ...
+                    if word[:i] not in vocab:
+                        merges.append((word[: i - 1], word[i - 1]))
+                        vocab[word[:i]] = len(vocab)
+    for special in specials:
         vocab[special] = len(vocab)
+    return vocab, merges
+
+
+def qwen_tokenizer() -> Qwen2Tokenizer:
+    """A byte-level Qwen2 BPE tokenizer: the 256 byte symbols, Qwen's chat special tokens, and merges that make
+    each word of :data:`QWEN_PROMPT_TEMPLATE` one token (so its prefix is the 34 tokens the pipeline drops).
+    Other text is mostly one token per byte."""
+    vocab, merges = byte_bpe([QWEN_PROMPT_TEMPLATE.replace("{}", "")], _QWEN_SPECIALS)
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, extra_special_tokens=list(_QWEN_SPECIALS[1:]))
     tok.model_max_length = 32768
     return tok
