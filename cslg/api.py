@@ -55,6 +55,7 @@ def generate(
     steps: int = 28,
     height: int | None = None,
     width: int | None = None,
+    num_frames: int | None = None,
     concepts: Sequence[str] = (),
     max_sequence_length: int | None = None,
     guidance: float | None = None,
@@ -70,7 +71,9 @@ def generate(
     (``seed`` a list: one seed per image), or from ``generator`` (one generator, drawn from image by image, or one
     per image), or from ``latents`` (``[N, ...]`` in the pipeline's layout). ``pipe``: any supported diffusers
     pipeline, as loaded (CPU offload works). ``height``/``width``/``max_sequence_length`` default to the pipeline's
-    defaults; ``guidance`` is the distilled guidance embedding where the model has one (FLUX.1-dev: 3.5).
+    defaults; ``num_frames``: the frames of a video family's videos (Wan: 4k+1, default 81; each video is a list
+    of frames for ``output_type="pil"``, ``[N, F, H, W, 3]`` for ``"np"``); ``guidance`` is the distilled guidance
+    embedding where the model has one (FLUX.1-dev: 3.5).
     ``concepts``: ConceptDiffusion's concepts (a list of strings). ``attention_kwargs`` go to the attention
     processors (e.g. ``{"scale": 0.8}`` for LoRA). ``callback(step, timestep, latents)`` runs after every step (as
     diffusers' ``callback_on_step_end``) and may return latents to continue from. Returns a ``GenerationOutput``
@@ -91,9 +94,10 @@ def generate(
         raise TypeError(f"callback: expected a function (step, timestep, latents), got {callback!r}")
     n = len(prompts) * per_prompt
     seeds, noise = _noise_sources(n, seed, generator, latents)
-    adapter = adapter_for(pipe, _number(guidance, "guidance", 0.0) if guidance is not None else None)
-    size = adapter.default_size()
-    height, width = (_integer(x, name, 1) if x is not None else size for x, name in ((height, "height"), (width, "width")))
+    adapter = adapter_for(pipe, _number(guidance, "guidance", 0.0) if guidance is not None else None,
+                          _integer(num_frames, "num_frames", 1) if num_frames is not None else None)
+    height, width = (_integer(x, name, 1) if x is not None else default for x, name, default in
+                     zip((height, width), ("height", "width"), adapter.default_height_width()))
     msl = _integer(max_sequence_length, "max_sequence_length", 1) if max_sequence_length is not None else \
         adapter.default_max_sequence_length
     requests = [Request(p, negatives[0] if len(negatives) == 1 else negatives[i], tuple(concepts))

@@ -2,7 +2,14 @@
 quickly. The modules that implement the options take them from here; the methods' options are declared in the
 method modules themselves (``cslg.methods.schema``)."""
 
-TINY_PRESETS = ("tiny-flux", "tiny-sd3", "tiny-sd35", "tiny-qwenimage", "tiny-pixart-sigma")  # Adapter.tiny_presets
+TINY_PRESETS = (  # Adapter.tiny_presets
+    "tiny-flux",
+    "tiny-sd3",
+    "tiny-sd35",
+    "tiny-qwenimage",
+    "tiny-pixart-sigma",
+    "tiny-wan",
+)
 OFFLOAD_MODES = ("none", "model", "sequential")
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
 

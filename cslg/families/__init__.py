@@ -18,7 +18,13 @@ if TYPE_CHECKING:
     from .tiny import TinySize
 
 # family module -> its adapter class (imported on first use: ``cslg.families.layout`` stays free of diffusers)
-FAMILIES = {"flux": "FluxAdapter", "sd3": "SD3Adapter", "qwenimage": "QwenImageAdapter", "pixart": "PixArtSigmaAdapter"}
+FAMILIES = {
+    "flux": "FluxAdapter",
+    "sd3": "SD3Adapter",
+    "qwenimage": "QwenImageAdapter",
+    "pixart": "PixArtSigmaAdapter",
+    "wan": "WanAdapter",
+}
 # names this package re-exports from its modules, loaded on first use
 _WHERE = {
     **dict.fromkeys(("IMAGE_ONLY", "IMAGE_TEXT", "TEXT_IMAGE", "Adapter", "BlockList", "LayerError"), ".base"),
@@ -56,9 +62,10 @@ def adapter_class_by_name(name: str) -> type[Adapter]:
     raise ValueError(f"unknown family {name!r}; choose one of {', '.join(family_names())}")
 
 
-def adapter_for(pipe: DiffusionPipeline, guidance: float | None = None) -> Adapter:
-    """The adapter of ``pipe`` (``guidance``: the distilled guidance embedding, where the model has one)."""
-    return adapter_class(pipe)(pipe, guidance)
+def adapter_for(pipe: DiffusionPipeline, guidance: float | None = None, frames: int | None = None) -> Adapter:
+    """The adapter of ``pipe`` (``guidance``: the distilled guidance embedding, where the model has one; ``frames``:
+    the frames of a video family's videos, default the pipeline's)."""
+    return adapter_class(pipe)(pipe, guidance, frames)
 
 
 def transformer_classes(cls: type[Adapter]) -> tuple[type, ...]:

@@ -55,11 +55,19 @@ class Adapter:
     pag_default_layers: ClassVar[tuple[str, ...]] = ()
     default_max_sequence_length: ClassVar[int] = 256
     max_sequence_length_limit: ClassVar[int] = 512  # T5's, which diffusers' pipelines enforce
+    video: ClassVar[bool] = False  # makes videos: latents with a frame axis, decoded to a list of frames each
+    default_frames: ClassVar[int] = 1  # the pipeline's default num_frames (video families)
+    # the released transformer at its usual settings, for benchmarks/real_size.py (random weights, no download):
+    # {"transformer": config kwargs, "height", "width", "steps", "text_tokens"(, "frames")}
+    released: ClassVar[dict | None] = None
 
-    def __init__(self, pipe: DiffusionPipeline, guidance: float | None = None):
+    def __init__(self, pipe: DiffusionPipeline, guidance: float | None = None, frames: int | None = None):
         self.pipe = pipe
         self.transformer = pipe.transformer
         self.guidance = self.default_guidance if guidance is None else guidance
+        if frames is not None and not self.video:
+            raise ValueError(f"num_frames: {self.name} models make images, not videos")
+        self.frames = self.default_frames if frames is None else frames
         self.blocks: list[tuple[str, nn.Module, BlockList]] = [
             (f"{bl.prefix}{i}", block, bl)
             for bl in self.block_lists
@@ -216,6 +224,10 @@ class Adapter:
 
     def size_multiple(self) -> int:
         return self.pipe.vae_scale_factor * 2
+
+    def default_height_width(self) -> tuple[int, int]:
+        """The pipeline's default ``(height, width)`` in pixels."""
+        return self.default_size(), self.default_size()
 
     def default_size(self) -> int:
         """The pipeline's default image side in pixels."""
