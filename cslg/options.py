@@ -9,6 +9,7 @@ TINY_PRESETS = (  # Adapter.tiny_presets
     "tiny-qwenimage",
     "tiny-pixart-sigma",
     "tiny-wan",
+    "tiny-wan22",
 )
 OFFLOAD_MODES = ("none", "model", "sequential")
 DTYPE_NAMES = ("bf16", "fp16", "fp32")

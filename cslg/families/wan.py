@@ -22,7 +22,7 @@ class WanAdapter(Adapter):
     name = "wan"
     pipeline_classes = (WanPipeline,)
     block_lists = (BlockList("blocks", "", "blocks", IMAGE_ONLY),)
-    tiny_presets = ("tiny-wan",)
+    tiny_presets = ("tiny-wan", "tiny-wan22")
     default_cfg_scale = 5.0  # WanPipeline's guidance_scale
     default_max_sequence_length = 512  # WanPipeline's; the text is zero-padded to it and not masked
     video = True
@@ -134,7 +134,7 @@ class WanAdapter(Adapter):
 
     @classmethod
     def tiny(cls, preset, size, seed):
-        return build_tiny_wan(size, seed)
+        return build_tiny_wan(size, seed, wan22=preset == "tiny-wan22")
 
 
 def umt5_encoder(size: TinySize, seed: int, vocab_size: int) -> UMT5EncoderModel:
@@ -145,25 +145,32 @@ def umt5_encoder(size: TinySize, seed: int, vocab_size: int) -> UMT5EncoderModel
     return seeded(seed, lambda: UMT5EncoderModel(config))
 
 
-def wan_vae(size: TinySize, seed: int) -> AutoencoderKLWan:
-    """The Wan 2.1 VAE at small widths: 8x spatial and 4x temporal compression, as released."""
-    return seeded(seed, lambda: AutoencoderKLWan(base_dim=min(size.vae_channels), z_dim=16, dim_mult=[1, 1, 1, 1],
-                                                 num_res_blocks=1, temperal_downsample=[False, True, True]))
+def wan_vae(size: TinySize, seed: int, wan22: bool = False) -> AutoencoderKLWan:
+    """The Wan 2.1 VAE at small widths (16 latent channels, 8x spatial and 4x temporal compression, as released);
+    ``wan22``: the Wan 2.2 VAE (48 channels, residual, 2x2 pixel patches: 16x spatial)."""
+    width = min(size.vae_channels)
+    kwargs = dict(base_dim=width, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+    if wan22:
+        kwargs.update(z_dim=48, is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+                      scale_factor_spatial=16, latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+    return seeded(seed, lambda: AutoencoderKLWan(**kwargs))
 
 
-def build_tiny_wan(size: TinySize = TinySize(), seed: int = 0) -> WanPipeline:
+def build_tiny_wan(size: TinySize = TinySize(), seed: int = 0, wan22: bool = False) -> WanPipeline:
     """A Wan-2.1-T2V-like pipeline: ``double_blocks`` blocks (self-attention over every frame's tokens with 3-axis
     RoPE, cross-attention to UMT5), the Wan VAE (16 latent channels), the UniPC flow scheduler the checkpoints ship
-    (``flow_shift=3.0``)."""
+    (``flow_shift=3.0``). ``wan22``: Wan-2.2-TI2V-5B-like (one timestep per token, ``expand_timesteps``; the Wan
+    2.2 VAE with 48 latent channels)."""
     tok = t5_tokenizer()
+    channels = 48 if wan22 else 16
     transformer = seeded(
         seed + 1,
         lambda: WanTransformer3DModel(
             patch_size=(1, 2, 2),
             num_attention_heads=size.heads,
             attention_head_dim=size.head_dim,
-            in_channels=16,
-            out_channels=16,
+            in_channels=channels,
+            out_channels=channels,
             text_dim=size.t5_dim,
             freq_dim=32,
             ffn_dim=4 * size.heads * size.head_dim,
@@ -175,6 +182,6 @@ def build_tiny_wan(size: TinySize = TinySize(), seed: int = 0) -> WanPipeline:
     )
     scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
                                         num_train_timesteps=1000)
-    return WanPipeline(tokenizer=tok, text_encoder=umt5_encoder(size, seed + 4, len(tok)), vae=wan_vae(size, seed + 2),
-                       scheduler=scheduler, transformer=transformer)
-
+    return WanPipeline(tokenizer=tok, text_encoder=umt5_encoder(size, seed + 4, len(tok)),
+                       vae=wan_vae(size, seed + 2, wan22), scheduler=scheduler, transformer=transformer,
+                       expand_timesteps=wan22)
