@@ -2,8 +2,7 @@
 ``1 x 2 x 2`` patches, tokens frame by frame; cross-attention DiT blocks in ``blocks`` returning the video tokens
 (text enters every block's cross-attention ``attn2``, the self-attention ``attn1`` runs over all frames' tokens);
 UMT5 text, zero-padded and unmasked; flow prediction with the UniPC scheduler the checkpoints ship; CFG as two
-forwards; the Wan VAE decodes frames. Wan 2.2 TI2V (``expand_timesteps``) gives each token its own timestep, as the
-pipeline does. Skipping blocks in the perturbed pass is spatio-temporal skip guidance (STG's ``skip`` mode)."""
+forwards; the Wan VAE decodes frames (Wan 2.2 TI2V's 48-channel VAE too). Skipping blocks in the perturbed pass is spatio-temporal skip guidance (STG's ``skip`` mode)."""
 
 from __future__ import annotations
 
@@ -69,25 +68,16 @@ class WanAdapter(Adapter):
         x = latents.to(tr.dtype)
         rotary = tr.rope(x)
         hidden = tr.patch_embedding(x).flatten(2).transpose(1, 2).contiguous()
-        batch, tokens = hidden.shape[:2]
-        if self.pipe.config.expand_timesteps:  # Wan 2.2 TI2V: one timestep per token, flattened as the model does
-            timestep = (torch.ones(tokens, dtype=torch.float32, device=x.device) * t).expand(batch, -1).flatten()
-            seq = tokens
-        else:
-            timestep, seq = t.expand(batch), None
-        temb, proj, text, _ = tr.condition_embedder(timestep, cond.embeds, None, timestep_seq_len=seq)
-        proj = proj.unflatten(2 if seq is not None else 1, (6, -1))
+        # Wan 2.2 TI2V's pipeline (expand_timesteps) gives every token the timestep t in text-to-video: the same
+        # computation as one timestep per video, without its [B, tokens, 6, dim] modulation tensors
+        temb, proj, text, _ = tr.condition_embedder(t.expand(hidden.shape[0]), cond.embeds, None)
+        proj = proj.unflatten(1, (6, -1))
         lane = {"encoder_hidden_states": text, "temb": proj}
         return Streams(hidden), lane, {"rotary_emb": rotary}, {"temb": temb}
 
     def unembed(self, image, post, latents, extras):
         tr = self.transformer
-        temb = post["temb"]
-        if temb.ndim == 3:  # per token (Wan 2.2 TI2V)
-            shift, scale = (tr.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
-            shift, scale = shift.squeeze(2), scale.squeeze(2)
-        else:
-            shift, scale = (tr.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
+        shift, scale = (tr.scale_shift_table + post["temb"].unsqueeze(1)).chunk(2, dim=1)
         hidden = tr.proj_out((tr.norm_out(image.float()) * (1 + scale) + shift).type_as(image))
         pt, ph, pw = tr.config.patch_size
         f, h, w = latents.shape[2] // pt, latents.shape[3] // ph, latents.shape[4] // pw

@@ -120,6 +120,13 @@ def test_the_other_methods_run_and_guide():
         assert np.abs(video - cfg).max() > TOL, f"{method.name} gave the CFG video"
 
 
+def test_text_roles_of_the_padded_umt5_sequence():
+    """The character-level tiny tokenizer reads "a b" as ``▁a ▁b </s>``; zero embeddings pad it to ``text_len``."""
+    roles = _adapter().text_roles("a  b", 8)
+    assert (roles.content, roles.background, roles.text_len) == ((0, 1), (3, 4, 5, 6, 7), 8)
+    assert _adapter().text_roles("abcdefghij", 8).background == (7,)  # truncated: </s> is the background
+
+
 def test_pag_without_layers_says_wan_has_no_default():
     with pytest.raises(ValueError, match="wan models have no default"):
         _ours(PAG(None, 2.0, 4.0))
