@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffusers import WanPipeline, WanTransformer3DModel
+from transformers import UMT5EncoderModel
 
 import cslg
 from cslg.capture import CaptureConfig, capture_pair
@@ -160,3 +162,23 @@ def test_video_layout_runs_frame_by_frame():
     assert spread.shape == (1, 1, frames, h, w)
     assert spread[0, 0, 1, 0, 0] == rho[0, h // p, 0] and spread[0, 0, 2, 3, 5] == rho[0, 2 * h // p + 1, 2]
     assert layout.per_channel(torch.arange(c, dtype=torch.float32)).expand_as(x)[0, 3, 2, 1, 1] == 3
+
+
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-wan22"])
+def test_presets_are_small_real_classes_and_round_trip(name, tmp_path):
+    pipe = tiny(name)
+    assert type(pipe) is WanPipeline and type(pipe.transformer) is WanTransformer3DModel
+    assert type(pipe.text_encoder) is UMT5EncoderModel and len(pipe.transformer.blocks) == 6
+    for key, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            assert not module.training and sum(p.numel() for p in module.parameters()) < 1_000_000, key
+    pipe.save_pretrained(tmp_path / name)
+    loaded = WanPipeline.from_pretrained(str(tmp_path / name))
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.expand_timesteps == pipe.config.expand_timesteps
+    assert loaded.tokenizer(PROMPT).input_ids == pipe.tokenizer(PROMPT).input_ids
+    kw = dict(prompt=PROMPT, num_inference_steps=1, height=64, width=64, num_frames=FRAMES, max_sequence_length=MSL,
+              output_type="np")
+    ref = pipe(**kw, generator=torch.Generator("cpu").manual_seed(SEED)).frames
+    out = loaded(**kw, generator=torch.Generator("cpu").manual_seed(SEED)).frames
+    assert np.abs(ref - out).max() < 1e-5
