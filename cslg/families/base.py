@@ -57,6 +57,7 @@ class Adapter:
     max_sequence_length_limit: ClassVar[int] = 512  # T5's, which diffusers' pipelines enforce
     video: ClassVar[bool] = False  # makes videos: latents with a frame axis, decoded to a list of frames each
     default_frames: ClassVar[int] = 1  # the pipeline's default num_frames (video families)
+    fps: ClassVar[int] = 16  # frames per second of the videos a run folder keeps (video families)
     # the released transformer at its usual settings, for benchmarks/real_size.py (random weights, no download):
     # {"transformer": config kwargs, "height", "width", "steps", "text_tokens"(, "frames")}
     released: ClassVar[dict | None] = None
