@@ -235,6 +235,21 @@ class Adapter:
         sample_size = getattr(self.pipe, "default_sample_size", None) or self.transformer.config.sample_size
         return sample_size * self.pipe.vae_scale_factor
 
+    # Real size without text encoders (benchmarks/real_size.py) ------------------------------------------
+    def random_conditioning(self, n: int, text_tokens: int, seed: int = 0) -> Conditioning:
+        """``n`` rows of random prompt embeddings shaped as the family's text encoders give them for ``text_tokens``
+        tokens: the released transformer runs without its text encoders."""
+        raise NotImplementedError(f"{self.name}: no random_conditioning")
+
+    def pipeline_inputs(self, cond: Conditioning, negative: Conditioning, cfg_scale: float) -> dict[str, Any]:
+        """The family pipeline's ``__call__`` arguments that run its CFG at ``cfg_scale`` on these embeddings (one
+        row each) instead of on prompts."""
+        raise NotImplementedError(f"{self.name}: no pipeline_inputs")
+
+    def randn(self, *shape: int, seed: int = 0) -> torch.Tensor:
+        """Standard normal values of ``shape`` (drawn on the CPU from ``seed``) on the pipeline's device and dtype."""
+        return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device, self.dtype)
+
     # Tiny presets ----------------------------------------------------------------------------------------
     @classmethod
     def tiny(cls, preset: str, size: Any, seed: int) -> DiffusionPipeline:

@@ -116,6 +116,13 @@ class WanAdapter(Adapter):
             raise ValueError(f"--frames {self.frames}: wan needs {temporal}k+1 frames (1, {temporal + 1}, "
                              f"{2 * temporal + 1}, ...)")
 
+    def random_conditioning(self, n, text_tokens, seed=0):
+        return Conditioning(self.randn(n, text_tokens, self.transformer.config.text_dim, seed=seed))
+
+    def pipeline_inputs(self, cond, negative, cfg_scale):
+        return {"prompt_embeds": cond.embeds, "negative_prompt_embeds": negative.embeds, "guidance_scale": cfg_scale,
+                "num_frames": self.frames}
+
     def size_multiple(self) -> int:
         return self.pipe.vae_scale_factor_spatial * self.transformer.config.patch_size[1]
 
