@@ -84,7 +84,7 @@ class PixArtSigmaAdapter(SpatialAdapter):
     def pipeline_inputs(self, cond, negative, cfg_scale):
         return {"prompt_embeds": cond.embeds, "prompt_attention_mask": cond.mask, "guidance_scale": cfg_scale,
                 "negative_prompt_embeds": negative.embeds, "negative_prompt_attention_mask": negative.mask,
-                "use_resolution_binning": False}
+                "negative_prompt": None, "use_resolution_binning": False}
 
     def size_multiple(self) -> int:
         return max(8, self.pipe.vae_scale_factor * self.transformer.config.patch_size)
