@@ -12,7 +12,7 @@ from transformers import UMT5EncoderModel
 
 import cslg
 from cslg.capture import CaptureConfig, capture_pair
-from cslg.families import LatentLayout, adapter_for
+from cslg.families import LatentLayout, adapter_for, build_tiny
 from cslg.guidance.executor import Executor
 from cslg.guidance.sampling import prepare, sample
 from cslg.methods import APG, CFG, CSLG, PAG, SCFG, CFGZeroStar, ConceptDiffusion, NoGuidance, Request, SkippedNegativeSLG, Step
@@ -182,3 +182,21 @@ def test_presets_are_small_real_classes_and_round_trip(name, tmp_path):
     ref = pipe(**kw, generator=torch.Generator("cpu").manual_seed(SEED)).frames
     out = loaded(**kw, generator=torch.Generator("cpu").manual_seed(SEED)).frames
     assert np.abs(ref - out).max() < 1e-5
+
+
+def test_compiled_blocks_have_no_graph_break_and_give_the_same_video():
+    import torch._dynamo
+
+    pipe = build_tiny("tiny-wan")
+    pipe.set_progress_bar_config(disable=True)
+    run = dict(num_frames=FRAMES, steps=2, height=H, width=W, max_sequence_length=MSL, output_type="latent",
+               progress=False)
+    methods = (CFG(4.0), CSLG(["2"], 2.0, 4.0))
+    plain = [cslg.generate(pipe, PROMPT, m, **run).images for m in methods]
+    torch._dynamo.reset()
+    assert cslg.compile_blocks(pipe, backend="eager", fullgraph=True) == 6  # fullgraph: a graph break raises
+    torch._dynamo.utils.counters.clear()
+    for method, ref in zip(methods, plain):
+        assert torch.equal(cslg.generate(pipe, PROMPT, method, **run).images, ref), method.name
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0
+    assert not torch._dynamo.utils.counters["graph_break"]
