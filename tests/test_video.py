@@ -68,3 +68,35 @@ def test_frames_flag_is_refused_for_image_families(tmp_path):
     with pytest.raises(SystemExit, match="--frames: sd3 models make images, not videos"):
         main(["grid", "--model", "tiny-sd3", "--out", str(tmp_path / "run"), "--frames", "5", "--steps", "1",
               "--height", "32", "--width", "32", "--methods", "cfg"])
+
+
+class FrameEngine:
+    """Reads "OPEN" in a bright frame, nothing in a dark one; counts its reads."""
+
+    name = "frames"
+
+    def __init__(self):
+        self.reads = 0
+
+    def read(self, image):
+        self.reads += 1
+        pixels = np.asarray(image if isinstance(image, Image.Image) else Image.open(image).convert("RGB"))
+        return "OPEN" if pixels.mean() > 127 else ""
+
+
+def test_ocr_reads_a_video_frame_by_frame_and_averages(tmp_path):
+    from cslg.evaluation import ocr_images
+
+    frames = [Image.new("RGB", (8, 6), c) for c in ("white", "black", "black")]
+    frame_strip(frames, [0, 1, 2]).save(tmp_path / "strip.png")
+    record = {"image": "strip.png", "prompt": "a sign that says 'OPEN'", "method": "cfg", "seed": 0,
+              "strip_frames": [0, 1, 2], "video": "strip.webp"}
+    engine = FrameEngine()
+    (row,) = ocr_images([record], tmp_path, tmp_path / "per_image.csv", engine)
+    assert engine.reads == 3 and row["ocr_text"] == "OPEN\n\n"
+    assert row["exact_match"] == pytest.approx(1 / 3) and not row["error"]
+    again = FrameEngine()
+    (cached,) = ocr_images([record], tmp_path, tmp_path / "per_image.csv", again)  # from per_image.csv
+    assert again.reads == 0 and cached["exact_match"] == pytest.approx(1 / 3)
+    (image,) = ocr_images([{**record, "strip_frames": None}], tmp_path, tmp_path / "other.csv", FrameEngine())
+    assert image["ocr_text"] == ""  # as one image (mostly dark): the frames found the text

@@ -15,6 +15,7 @@ from cslg.capture import CaptureConfig, capture_pair
 from cslg.families import LatentLayout, adapter_for, build_tiny
 from cslg.guidance.executor import Executor
 from cslg.guidance.sampling import prepare, sample
+from cslg.guidance.skip import skip_blocks
 from cslg.methods import APG, CFG, CSLG, PAG, SCFG, CFGZeroStar, ConceptDiffusion, NoGuidance, Request, SkippedNegativeSLG, Step
 from cslg.prompts import PromptPair
 
@@ -81,6 +82,8 @@ def test_cslg_equals_identity_blocks_in_the_diffusers_forward(layers):
         finally:
             for hook in hooks:
                 hook.remove()
+        with skip_blocks(pipe, layers):  # and the toolkit's skip inside diffusers' forward is the same
+            torch.testing.assert_close(_diffusers_forward(pipe, run, t, 1), c_skip, atol=0, rtol=0)
     torch.testing.assert_close(ours, u + 4.0 * (c - u) + 2.0 * (c - c_skip), atol=1e-5, rtol=1e-4)
     assert (c - c_skip).abs().max() > 1e-3, "skipping changed nothing: the test could not fail"
 
