@@ -241,7 +241,7 @@ def bench_family(name: str, args: argparse.Namespace) -> dict:
     if args.compile:
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
-        compile_blocks(adapter)
+        compile_blocks(adapter, backend=args.compile_backend)
         out["compiled_per_step"] = per_step_table(adapter, cfg_scale, height, width, args.steps, args.rounds,
                                                   text_tokens)
         out["compiled_generation"] = generation_rows(adapter, cfg_scale, height, width, steps, text_tokens)
@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=ROUNDS, help="timed rounds per method, after one warm-up")
     p.add_argument("--generation-steps", type=int, default=None, help="whole generations (default: the family's)")
     p.add_argument("--compile", action="store_true", help="also with every block compiled (torch.compile)")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of --compile")
     p.add_argument("--dtype", choices=DTYPES, default=None, help="default: bf16 on GPU, fp32 on CPU")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--out", default="benchmarks/results/real_size", help="writes OUT.md and OUT.json")
@@ -313,7 +314,8 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = args.device.startswith("cuda")
     environment = {"device": args.device, "device_name": torch.cuda.get_device_name(args.device) if cuda else
                    f"CPU ({torch.get_num_threads()} threads)", "dtype": args.dtype, "blocks": args.blocks,
-                   "steps": args.steps, "rounds": args.rounds, "compile": args.compile, "versions": versions()}
+                   "steps": args.steps, "rounds": args.rounds, "compile": args.compile and args.compile_backend,
+                   "versions": versions()}
     report = {"environment": environment, "families": []}
     out = Path(args.out)
     for name in args.families or family_names():
