@@ -64,6 +64,11 @@ def test_grid_writes_videos_strips_and_sheets(tmp_path):
     assert (tmp_path / record["video"]).stat().st_mtime_ns == before, "a resume made a finished video again"
 
 
+def test_grid_settings_and_adapter_agree_on_frames(tmp_path):
+    with pytest.raises(ValueError, match="frames: the image settings give 5, the wan adapter makes 9-frame videos"):
+        run_grid(adapter_for(tiny("tiny-wan"), frames=9), [], SETTINGS, tmp_path, "tiny-wan", progress=False)
+
+
 def test_frames_flag_is_refused_for_image_families(tmp_path):
     with pytest.raises(SystemExit, match="--frames: sd3 models make images, not videos"):
         main(["grid", "--model", "tiny-sd3", "--out", str(tmp_path / "run"), "--frames", "5", "--steps", "1",

@@ -188,6 +188,9 @@ def run_grid(
     many images of one method (several seeds or prompts) share one batched forward.
     """
     out = Path(out)
+    if settings.frames != (adapter.frames if adapter.video else None):
+        raise ValueError(f"frames: the image settings give {settings.frames}, the {adapter.name} adapter makes "
+                         + (f"{adapter.frames}-frame videos" if adapter.video else "images"))
     check_run_settings(out, settings, model)
     name = f"shard-{shard[0]:03d}-of-{shard[1]:03d}"
     try:
