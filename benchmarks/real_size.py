@@ -36,6 +36,7 @@ The tables go to ``<out>.md`` and ``<out>.json`` with the device, the GPU's name
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import statistics
 import sys
@@ -183,7 +184,7 @@ def generation_rows(adapter: Adapter, cfg_scale: float, height: int, width: int,
     """Whole generations: our cfg against the family pipeline's; on SD3 also our CSLG against diffusers' SLG."""
     pipe = adapter.pipe
     pairs = [("cfg", CFG(cfg_scale), {})]
-    if "skip_guidance_layers" in type(pipe).__call__.__code__.co_varnames:  # StableDiffusion3Pipeline's SLG
+    if "skip_guidance_layers" in inspect.signature(pipe.__call__).parameters:  # StableDiffusion3Pipeline's SLG
         names = adapter.layer_names
         three = names[max(0, len(names) // 2 - 1):len(names) // 2 + 2]
         # diffusers guides at steps i with N*start < i < N*stop: start -1, stop 1 is every step, as ours 0 to 1
