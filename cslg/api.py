@@ -57,6 +57,7 @@ def generate(
     steps: int = 28,
     height: int | None = None,
     width: int | None = None,
+    num_frames: int | None = None,
     concepts: Sequence[str] = (),
     max_sequence_length: int | None = None,
     guidance: float | None = None,
@@ -72,7 +73,9 @@ def generate(
     (``seed`` a list: one seed per image), or from ``generator`` (one generator, drawn from image by image, or one
     per image), or from ``latents`` (``[N, ...]`` in the pipeline's layout). ``pipe``: any supported diffusers
     pipeline, as loaded (CPU offload works). ``height``/``width``/``max_sequence_length`` default to the pipeline's
-    defaults; ``guidance`` is the distilled guidance embedding where the model has one (FLUX.1-dev: 3.5).
+    defaults; ``num_frames``: the frames of a video family's videos (Wan: 4k+1, default 81; each video is a list
+    of frames for ``output_type="pil"``, ``[N, F, H, W, 3]`` for ``"np"``); ``guidance`` is the distilled guidance
+    embedding where the model has one (FLUX.1-dev: 3.5).
     ``image`` (a PIL image, or a list: one per prompt or one per image) and ``strength`` (default 0.6, as diffusers'
     img2img pipelines): image-to-image as the family's img2img pipeline does it (SD3, FLUX): the image is encoded,
     noised to the timestep ``strength`` keeps, and the last ``steps - int(steps * (1 - strength))`` steps run.
@@ -96,9 +99,10 @@ def generate(
         raise TypeError(f"callback: expected a function (step, timestep, latents), got {callback!r}")
     n = len(prompts) * per_prompt
     seeds, noise = _noise_sources(n, seed, generator, latents)
-    adapter = adapter_for(pipe, _number(guidance, "guidance", 0.0) if guidance is not None else None)
-    size = adapter.default_size()
-    height, width = (_integer(x, name, 1) if x is not None else size for x, name in ((height, "height"), (width, "width")))
+    adapter = adapter_for(pipe, _number(guidance, "guidance", 0.0) if guidance is not None else None,
+                          _integer(num_frames, "num_frames", 1) if num_frames is not None else None)
+    height, width = (_integer(x, name, 1) if x is not None else default for x, name, default in
+                     zip((height, width), ("height", "width"), adapter.default_height_width()))
     pixels, strength = _image_start(adapter, image, strength, latents, len(prompts), per_prompt, height, width)
     msl = _integer(max_sequence_length, "max_sequence_length", 1) if max_sequence_length is not None else \
         adapter.default_max_sequence_length

@@ -15,6 +15,8 @@ TINY_PRESETS = (  # Adapter.tiny_presets
     "tiny-flux2-klein",
     "tiny-chroma",
     "tiny-cogview4",
+    "tiny-wan",
+    "tiny-wan22",
 )
 OFFLOAD_MODES = ("none", "model", "sequential")
 DTYPE_NAMES = ("bf16", "fp16", "fp32")

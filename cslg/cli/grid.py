@@ -85,6 +85,8 @@ def configure(p: argparse.ArgumentParser, **overrides) -> argparse.ArgumentParse
     p.add_argument("--out", default=d["out"], help="run folder")
     p.add_argument("--seeds", type=int_list, default=d["seeds"], help="e.g. '0,42,123'")
     add_image_args(p, d)
+    p.add_argument("--frames", type=int, default=d.get("frames"),
+                   help="frames per video of a video family (Wan: 4k+1; default: the pipeline's, 81)")
     p.add_argument("--methods", nargs="+", default=d["methods"], metavar="METHOD", help=f"any of {', '.join(REGISTRY)}")
     p.add_argument("--guidance", type=float, default=d["guidance"], help=d["guidance_help"])
     p.add_argument("--negative-prompt", default=d["negative_prompt"], help="negative prompt of the unconditional pass")
@@ -317,7 +319,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, family: str |
     distilled = adapter_class(pipe).has_distilled_guidance
     # without a distilled embedding, "guidance" is the CFG scale, as in diffusers' pipelines
     cfg_scales = [args.guidance] if not distilled and args.guidance is not None else None
-    adapter = adapter_for(pipe, guidance=args.guidance if distilled else None)
+    if args.frames is not None and not adapter_class(pipe).video:
+        raise SystemExit(f"--frames: {adapter_class(pipe).name} models make images, not videos")
+    adapter = adapter_for(pipe, guidance=args.guidance if distilled else None, frames=args.frames)
     check_loaded(adapter, args, ranking_file, "--layer-weights-from" if args.layer_weights_from else "--layers-from")
     methods = []
     for method in grid_methods(args, layers, explicit, cfg_scales):
@@ -333,6 +337,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, family: str |
     image_settings = ImageSettings(
         steps=args.steps, height=args.height, width=args.width, max_sequence_length=args.max_sequence_length,
         negative_prompt=args.negative_prompt, guidance=adapter.guidance if distilled else None,
+        frames=adapter.frames if adapter.video else None,
     )
     groups = enumerate_groups(prompts, args.seeds, methods)
     print(f"grid: {len(prompts)} prompts x {len(args.seeds)} seeds x {len(methods)} method settings "

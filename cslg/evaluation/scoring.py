@@ -1,5 +1,8 @@
 """OCR of every record's image with one engine or several, resumable engine by engine from ``per_image.csv``, and
-the per-image rows with every OCR metric."""
+the per-image rows with every OCR metric.
+
+A video's record (``strip_frames``: its image is a frame strip, ``cslg.video``) is read frame by frame: its
+``ocr_text`` holds one line per frame of the strip and each metric is the mean over those frames."""
 
 from __future__ import annotations
 
@@ -11,12 +14,14 @@ from typing import Sequence
 from tqdm import tqdm
 
 from ..io import image_problem
+from ..video import strip_frames
 from .metrics import OCR_METRICS, score
 from .ocr import OCREngine
 from .records import expected_text, flatten_params, setting_params
 from .tables import write_csv
 
 SAVE_EVERY = 10
+FRAME_SEPARATOR = "\n"  # between the frames' texts in a video's ocr_text
 NO_EXPECTED_TEXT = "no expected text: the prompt quotes nothing and the manifest gives no expected_text"
 
 
@@ -74,7 +79,7 @@ def ocr_images(
 def _read(engine: OCREngine, record: dict, expected: list[str], path: Path) -> dict:
     """The row of one OCR reading; an image the engine fails on (a 1-pixel-high strip, say) is an error row."""
     try:
-        text = engine.read(path)
+        text = _text(engine, path, record)
     except Exception as e:  # the engines raise their own (OpenCV, onnxruntime) error types
         reason = (str(e).strip().splitlines() or [""])[0][:200]
         return _row(record, expected, engine.name, error=f"{engine.name} failed on {path}: {type(e).__name__} {reason}")
@@ -101,6 +106,26 @@ def _cached_ocr_texts(per_image_csv: Path, engine_name: str) -> dict[str, str]:
     return {r["image"]: r["ocr_text"] for r in usable if r.get("engine") == engine_name}
 
 
+def _text(engine: OCREngine, path: Path, record: dict) -> str:
+    """The engine's text of the record's image; of a video's frame strip, one line per frame."""
+    n = len(record.get("strip_frames") or ())
+    if not n:
+        return engine.read(path)
+    from PIL import Image
+
+    with Image.open(path) as strip:
+        frames = strip_frames(strip.convert("RGB"), n)
+    return FRAME_SEPARATOR.join(" ".join(engine.read(frame).split()) for frame in frames)
+
+
+def _scores(record: dict, ocr_text: str, expected: list[str]) -> dict[str, float]:
+    """Every OCR metric of the record's text; of a video, the mean over its frames."""
+    if not record.get("strip_frames"):
+        return score(ocr_text, expected)
+    frames = [score(text, expected) for text in ocr_text.split(FRAME_SEPARATOR)]
+    return {metric: sum(f[metric] for f in frames) / len(frames) for metric in frames[0]}
+
+
 def _row(record: dict, expected: list[str], engine_name: str, ocr_text: str | None = None, error: str = "") -> dict:
     """One per_image.csv row; metrics only when there is no error."""
     params = flatten_params(record.get("params") or {})
@@ -118,5 +143,5 @@ def _row(record: dict, expected: list[str], engine_name: str, ocr_text: str | No
         "error": error,
     }
     if not error:
-        row.update(score(ocr_text, expected))
+        row.update(_scores(record, ocr_text, expected))
     return row

@@ -30,6 +30,7 @@ FAMILIES = {
     "flux2_klein": "Flux2KleinAdapter",
     "chroma": "ChromaAdapter",
     "cogview4": "CogView4Adapter",
+    "wan": "WanAdapter",
 }
 # names this package re-exports from its modules, loaded on first use
 _WHERE = {
@@ -74,15 +75,15 @@ def adapter_class_by_name(name: str) -> type[Adapter]:
     raise ValueError(f"unknown family {name!r}; choose one of {', '.join(family_names())}")
 
 
-def adapter_for(pipe: DiffusionPipeline, guidance: float | None = None) -> Adapter:
-    """The adapter of ``pipe`` (``guidance``: the distilled guidance embedding, where the model has one). Another
-    pipeline of the family (img2img, PAG) runs through a view of its components as the family's own pipeline;
-    one whose extra component or mask cslg would not apply (ControlNet, inpainting) is refused, naming the
-    supported ones."""
+def adapter_for(pipe: DiffusionPipeline, guidance: float | None = None, frames: int | None = None) -> Adapter:
+    """The adapter of ``pipe`` (``guidance``: the distilled guidance embedding, where the model has one; ``frames``:
+    the frames of a video family's videos, default the pipeline's). Another pipeline of the family (img2img, PAG)
+    runs through a view of its components as the family's own pipeline; one whose extra component or mask cslg
+    would not apply (ControlNet, inpainting) is refused, naming the supported ones."""
     cls = adapter_class(pipe)
     if not isinstance(pipe, cls.pipeline_classes):
         pipe = family_view(cls, pipe)
-    return cls(pipe, guidance)
+    return cls(pipe, guidance, frames)
 
 
 def family_view(cls: type[Adapter], pipe: DiffusionPipeline) -> DiffusionPipeline:

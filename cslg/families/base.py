@@ -58,13 +58,20 @@ class Adapter:
     default_max_sequence_length: ClassVar[int] = 256
     img2img_pipeline: ClassVar[type | None] = None  # the family's diffusers image-to-image pipeline, if any
     max_sequence_length_limit: ClassVar[int] = 512  # T5's, which diffusers' pipelines enforce
-    # the released checkpoint for real-size benchmarks: {"transformer": its config kwargs, "height", "width", "steps"}
+    video: ClassVar[bool] = False  # makes videos: latents with a frame axis, decoded to a list of frames each
+    default_frames: ClassVar[int] = 1  # the pipeline's default num_frames (video families)
+    fps: ClassVar[int] = 16  # frames per second of the videos a run folder keeps (video families)
+    # the released transformer at its usual settings, for benchmarks/real_size.py (random weights, no download):
+    # {"transformer": config kwargs, "height", "width", "steps", "text_tokens"(, "frames")}
     released: ClassVar[dict[str, Any] | None] = None
 
-    def __init__(self, pipe: DiffusionPipeline, guidance: float | None = None):
+    def __init__(self, pipe: DiffusionPipeline, guidance: float | None = None, frames: int | None = None):
         self.pipe = pipe
         self.transformer = pipe.transformer
         self.guidance = self.default_guidance if guidance is None else guidance
+        if frames is not None and not self.video:
+            raise ValueError(f"num_frames: {self.name} models make images, not videos")
+        self.frames = self.default_frames if frames is None else frames
         self.blocks: list[tuple[str, nn.Module, BlockList]] = [
             (f"{bl.prefix}{i}", block, bl)
             for bl in self.block_lists
@@ -265,10 +272,29 @@ class Adapter:
     def size_multiple(self) -> int:
         return self.pipe.vae_scale_factor * 2
 
+    def default_height_width(self) -> tuple[int, int]:
+        """The pipeline's default ``(height, width)`` in pixels."""
+        return self.default_size(), self.default_size()
+
     def default_size(self) -> int:
         """The pipeline's default image side in pixels."""
         sample_size = getattr(self.pipe, "default_sample_size", None) or self.transformer.config.sample_size
         return sample_size * self.pipe.vae_scale_factor
+
+    # Real size without text encoders (benchmarks/real_size.py) ------------------------------------------
+    def random_conditioning(self, n: int, text_tokens: int, seed: int = 0) -> Conditioning:
+        """``n`` rows of random prompt embeddings shaped as the family's text encoders give them for ``text_tokens``
+        tokens: the released transformer runs without its text encoders."""
+        raise NotImplementedError(f"{self.name}: no random_conditioning")
+
+    def pipeline_inputs(self, cond: Conditioning, negative: Conditioning, cfg_scale: float) -> dict[str, Any]:
+        """The family pipeline's ``__call__`` arguments that run its CFG at ``cfg_scale`` on these embeddings (one
+        row each) instead of on prompts."""
+        raise NotImplementedError(f"{self.name}: no pipeline_inputs")
+
+    def randn(self, *shape: int, seed: int = 0) -> torch.Tensor:
+        """Standard normal values of ``shape`` (drawn on the CPU from ``seed``) on the pipeline's device and dtype."""
+        return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device, self.dtype)
 
     # Tiny presets ----------------------------------------------------------------------------------------
     @classmethod

@@ -38,8 +38,8 @@ class ChromaAdapter(FluxAdapter):
         "height": 1024, "width": 1024, "steps": 35,
     }
 
-    def __init__(self, pipe, guidance=None):
-        super().__init__(pipe, guidance)
+    def __init__(self, pipe, guidance=None, frames=None):
+        super().__init__(pipe, guidance, frames)
         # each block's modulation is its own slice of the approximator's output: blocks by their index in their list
         self._index = {id(block): int(name.lstrip("s")) for name, block, _ in self.blocks}
 

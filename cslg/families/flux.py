@@ -26,6 +26,13 @@ class FluxAdapter(Adapter):
     has_distilled_guidance = True
     default_guidance = 3.5
     default_max_sequence_length = 512
+    # black-forest-labs/FLUX.1-dev transformer/config.json, at FluxPipeline's 1024x1024 and 28 steps
+    released = {
+        "transformer": dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                            guidance_embeds=True, axes_dims_rope=(16, 56, 56)),
+        "height": 1024, "width": 1024, "steps": 28, "text_tokens": 512,
+    }
 
     def attention_output(self, block, convention):
         if convention.attr == "single_transformer_blocks":  # [text, image] attention output before proj_out
@@ -87,6 +94,17 @@ class FluxAdapter(Adapter):
 
     def unpack(self, latents, height, width):
         return self.pipe._unpack_latents(latents, height, width, self.pipe.vae_scale_factor)
+
+    def random_conditioning(self, n, text_tokens, seed=0):
+        config = self.transformer.config
+        text_ids = torch.zeros(text_tokens, 3, device=self.device, dtype=self.dtype)
+        return Conditioning(self.randn(n, text_tokens, config.joint_attention_dim, seed=seed),
+                            self.randn(n, config.pooled_projection_dim, seed=seed + 1), shared={"text_ids": text_ids})
+
+    def pipeline_inputs(self, cond, negative, cfg_scale):
+        return {"prompt_embeds": cond.embeds, "pooled_prompt_embeds": cond.pooled, "true_cfg_scale": cfg_scale,
+                "negative_prompt_embeds": negative.embeds, "negative_pooled_prompt_embeds": negative.pooled,
+                "guidance_scale": self.guidance}
 
     @classmethod
     def tiny(cls, preset, size, seed):

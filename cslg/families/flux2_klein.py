@@ -27,8 +27,8 @@ class Flux2KleinAdapter(Flux2Adapter):
         "height": 1024, "width": 1024, "steps": 4,
     }
 
-    def __init__(self, pipe, guidance=None):
-        super().__init__(pipe, guidance)
+    def __init__(self, pipe, guidance=None, frames=None):
+        super().__init__(pipe, guidance, frames)
         config = getattr(pipe, "config", {})
         self.default_cfg_scale = 1.0 if config.get("is_distilled", False) else 4.0  # Flux2KleinPipeline's
 

@@ -76,12 +76,15 @@ class LatentLayout:
     ``patch`` set: spatial ``[B, C, H, W]`` latents, each token a ``patch x patch`` patch (SD3, PixArt).
     ``packed`` set: packed ``[B, h*w, C*packed]`` latents, each row a token holding a ``packed``-pixel patch of
     every channel, channel-major (FLUX, Qwen-Image: 2x2 patches, ``packed = 4``).
+    ``frames`` set (with ``patch``): video latents ``[B, C, F, H, W]`` whose tokens run frame by frame (Wan); the
+    grid stacks the ``F`` frames vertically (``h = F * H / patch``) and the latent pixels are ``[B, C, F*H, W]``.
     """
 
     h: int
     w: int
     patch: int | None = None
     packed: int | None = None
+    frames: int | None = None
 
     def token_norms(self, x: torch.Tensor) -> torch.Tensor:
         """``‖x‖₂`` over each token's values: ``[B, h, w]``."""
@@ -96,7 +99,8 @@ class LatentLayout:
         if self.packed is not None:
             return token_map.reshape(token_map.shape[0], -1, 1)
         p = self.patch
-        return token_map.repeat_interleave(p, dim=-2).repeat_interleave(p, dim=-1)[:, None]
+        out = token_map.repeat_interleave(p, dim=-2).repeat_interleave(p, dim=-1)[:, None]
+        return out if self.frames is None else out.unflatten(-2, (self.frames, -1))
 
     @property
     def pixels_per_token(self) -> int:
@@ -107,7 +111,7 @@ class LatentLayout:
         """A prediction ``[B, ...]`` as latent pixels ``[B, C, h*f, w*f]`` (``f = pixels_per_token``; packed
         latents are unpacked as diffusers' ``_unpack_latents`` does)."""
         if self.packed is None:
-            return x
+            return x if self.frames is None else x.flatten(2, 3)
         f = self.pixels_per_token
         return x.reshape(x.shape[0], self.h, self.w, -1, f, f).permute(0, 3, 1, 4, 2, 5).reshape(
             x.shape[0], -1, self.h * f, self.w * f)
@@ -115,7 +119,7 @@ class LatentLayout:
     def from_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """Latent pixels ``[B, C, h*f, w*f]`` in the prediction's layout (the inverse of ``to_pixels``)."""
         if self.packed is None:
-            return x
+            return x if self.frames is None else x.unflatten(2, (self.frames, -1))
         f = self.pixels_per_token
         return x.reshape(x.shape[0], -1, self.h, f, self.w, f).permute(0, 2, 4, 1, 3, 5).reshape(
             x.shape[0], self.h * self.w, -1)
@@ -135,7 +139,7 @@ class LatentLayout:
     def per_channel(self, values: torch.Tensor) -> torch.Tensor:
         """Per-channel values ``[C]`` in a shape that broadcasts against a prediction ``[1, ...]``."""
         if self.packed is None:
-            return values.view(1, -1, 1, 1)
+            return values.view(1, -1, 1, 1) if self.frames is None else values.view(1, -1, 1, 1, 1)
         return values.repeat_interleave(self.packed).view(1, 1, -1)
 
 

@@ -26,6 +26,15 @@ class PixArtSigmaAdapter(SpatialAdapter):
     default_cfg_scale = 4.5  # PixArtSigmaPipeline's guidance_scale
     default_max_sequence_length = 300
     pag_default_layers = ("1",)  # PixArtSigmaPAGPipeline's default "blocks.1"
+    # PixArt-alpha/PixArt-Sigma-XL-2-1024-MS transformer/config.json, at 1024x1024 and PixArtSigmaPipeline's 20 steps
+    released = {
+        "transformer": dict(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8,
+                            num_layers=28, cross_attention_dim=1152, caption_channels=4096, sample_size=128,
+                            patch_size=2, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6,
+                            attention_bias=True, activation_fn="gelu-approximate", num_embeds_ada_norm=1000,
+                            use_additional_conditions=False, interpolation_scale=2),
+        "height": 1024, "width": 1024, "steps": 20, "text_tokens": 300,
+    }
 
     def attention_output(self, block, convention):
         return block.attn1.to_out[0], lambda output, n_image: output  # the self-attention output
@@ -74,6 +83,15 @@ class PixArtSigmaAdapter(SpatialAdapter):
         text = self.pipe._text_preprocessing(prompt, clean_caption=False)[0]
         n = min(len(self.pipe.tokenizer(text, max_length=text_len, truncation=True).input_ids), text_len)
         return TextRoles(tuple(range(n - 1)), (n - 1,), text_len)
+
+    def random_conditioning(self, n, text_tokens, seed=0):
+        embeds = self.randn(n, text_tokens, self.transformer.config.caption_channels, seed=seed)
+        return Conditioning(embeds, None, torch.ones(n, text_tokens, dtype=torch.long, device=embeds.device))
+
+    def pipeline_inputs(self, cond, negative, cfg_scale):
+        return {"prompt_embeds": cond.embeds, "prompt_attention_mask": cond.mask, "guidance_scale": cfg_scale,
+                "negative_prompt_embeds": negative.embeds, "negative_prompt_attention_mask": negative.mask,
+                "negative_prompt": None, "use_resolution_binning": False}
 
     def size_multiple(self) -> int:
         return max(8, self.pipe.vae_scale_factor * self.transformer.config.patch_size)

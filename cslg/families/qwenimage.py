@@ -26,6 +26,13 @@ class QwenImageAdapter(Adapter):
     default_cfg_scale = 4.0  # QwenImagePipeline's true_cfg_scale
     default_max_sequence_length = 512
     max_sequence_length_limit = 1024
+    # Qwen/Qwen-Image transformer/config.json, at QwenImagePipeline's 1024x1024 and 50 steps; a 128-token prompt
+    released = {
+        "transformer": dict(patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128,
+                            num_attention_heads=24, joint_attention_dim=3584, guidance_embeds=False,
+                            axes_dims_rope=(16, 56, 56)),
+        "height": 1024, "width": 1024, "steps": 50, "text_tokens": 128,
+    }
 
     def attention_calls(self, block, convention):
         return [(block.attn, AttentionLayout("joint", text_first=True))]
@@ -67,6 +74,14 @@ class QwenImageAdapter(Adapter):
     def postprocess_cfg(self, v, c):
         """QwenImagePipeline's true CFG: the guided prediction rescaled per token to the norm of ``c``."""
         return v * (torch.norm(c, dim=-1, keepdim=True) / torch.norm(v, dim=-1, keepdim=True))
+
+    def random_conditioning(self, n, text_tokens, seed=0):
+        return Conditioning(self.randn(n, text_tokens, self.transformer.config.joint_attention_dim, seed=seed))
+
+    def pipeline_inputs(self, cond, negative, cfg_scale):
+        ones = torch.ones(cond.embeds.shape[:2], dtype=torch.long, device=cond.embeds.device)  # no padding
+        return {"prompt_embeds": cond.embeds, "prompt_embeds_mask": ones, "negative_prompt_embeds": negative.embeds,
+                "negative_prompt_embeds_mask": ones, "true_cfg_scale": cfg_scale}
 
     def layout(self, latents, extras):
         _, h, w = extras["img_shape"]

@@ -26,6 +26,14 @@ class SD3Adapter(SpatialAdapter):
     tiny_presets = ("tiny-sd3", "tiny-sd35")
     default_cfg_scale = 7.0  # StableDiffusion3Pipeline's guidance_scale
     pag_default_layers = ("1",)  # StableDiffusion3PAGPipeline's default "blocks.1"
+    # stabilityai/stable-diffusion-3.5-large transformer/config.json, at 1024x1024 and 28 steps; text: 77 CLIP + 256
+    # T5 tokens
+    released = {
+        "transformer": dict(sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64,
+                            num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
+                            pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192, qk_norm="rms_norm"),
+        "height": 1024, "width": 1024, "steps": 28, "text_tokens": 77 + 256,
+    }
 
     def attention_calls(self, block, convention):
         # SD3.5's attn2 (a second self-attention of the image tokens) is not a joint call: not perturbed
@@ -64,6 +72,15 @@ class SD3Adapter(SpatialAdapter):
         (the paper's start token), content = the CLIP content tokens (the T5 tokens repeat the same words)."""
         n = len(self.pipe.tokenizer(prompt, max_length=self.pipe.tokenizer_max_length, truncation=True).input_ids)
         return TextRoles(tuple(range(1, n - 1)), (0,), text_len)
+
+    def random_conditioning(self, n, text_tokens, seed=0):
+        config = self.transformer.config
+        return Conditioning(self.randn(n, text_tokens, config.joint_attention_dim, seed=seed),
+                            self.randn(n, config.pooled_projection_dim, seed=seed + 1))
+
+    def pipeline_inputs(self, cond, negative, cfg_scale):
+        return {"prompt_embeds": cond.embeds, "pooled_prompt_embeds": cond.pooled, "guidance_scale": cfg_scale,
+                "negative_prompt_embeds": negative.embeds, "negative_pooled_prompt_embeds": negative.pooled}
 
     @classmethod
     def tiny(cls, preset, size, seed):

@@ -50,10 +50,10 @@ class ZImageAdapter(SpatialAdapter):
         "height": 1024, "width": 1024, "steps": 9,
     }
 
-    def __init__(self, pipe, guidance=None, cfg_normalization: float = 0.0, cfg_truncation: float = 1.0):
+    def __init__(self, pipe, guidance=None, frames=None, cfg_normalization: float = 0.0, cfg_truncation: float = 1.0):
         """``cfg_normalization``: ZImagePipeline's ``cfg_normalization`` k (0: off); ``cfg_truncation``: its τ
         (1 or more: off)."""
-        super().__init__(pipe, guidance)
+        super().__init__(pipe, guidance, frames)
         if cfg_normalization < 0:
             raise ValueError(f"cfg_normalization must be >= 0, got {cfg_normalization}")
         if cfg_truncation < 0:

@@ -5,7 +5,8 @@ Run folder::
 
     <out>/manifest.jsonl                 one JSON object per image (merged from all shards)
     <out>/manifests/shard-I-of-N.jsonl   what each shard wrote
-    <out>/images/<prompt-slug>/seed<S>_<method tag>.png
+    <out>/images/<prompt-slug>/seed<S>_<method tag>.png    (a video family: the frame strip PNG, and the video
+    <out>/images/<prompt-slug>/seed<S>_<method tag>.webp    next to it, lossless animated WebP)
     <out>/contact_sheets/<prompt-slug>_seed<S>.png
 
 The grid is split by (prompt, seed) groups, so every shard writes whole contact sheets. Reruns skip
@@ -33,6 +34,7 @@ from ..methods.base import Method, Request
 from ..prompts import GenerationPrompt
 from ..provenance import versions
 from ..text import prompt_slug
+from ..video import VIDEO_SUFFIX, frame_strip, strip_indices, write_video
 from .contact_sheet import contact_sheet
 from .naming import method_label, method_tag
 
@@ -47,6 +49,11 @@ class Job:
     @property
     def image(self) -> str:
         return f"images/{prompt_slug(self.prompt.prompt)}/seed{self.seed}_{method_tag(self.method)}.png"
+
+    @property
+    def video(self) -> str:
+        """Where a video family's video goes (``image`` holds its frame strip)."""
+        return self.image[: -len(".png")] + VIDEO_SUFFIX
 
 
 def enumerate_groups(
@@ -98,6 +105,11 @@ class ImageSettings:
     max_sequence_length: int
     negative_prompt: str = ""
     guidance: float | None = None  # FLUX's distilled guidance embedding; None for SD3
+    frames: int | None = None  # a video family's frames per video; None for images
+
+    def stamp(self) -> dict:
+        """What ``run.json`` records (``frames`` only for videos, so image run folders keep their stamps)."""
+        return {k: v for k, v in asdict(self).items() if not (k == "frames" and v is None)}
 
 
 def manifest_record(job: Job, settings: ImageSettings, model: str, warning: str | None = None) -> dict:
@@ -111,10 +123,15 @@ def manifest_record(job: Job, settings: ImageSettings, model: str, warning: str 
     }
     if settings.guidance is not None:
         params["guidance"] = settings.guidance
+    if settings.frames is not None:
+        params["frames"] = settings.frames
     record = {"image": job.image, "prompt": job.prompt.prompt, "method": job.method.name, "seed": job.seed,
               "params": params, "model": model}
     if job.method.variant is not None:
         record["variant"] = job.method.variant
+    if settings.frames is not None:  # the image is the frame strip of these frames of the video
+        record["video"] = job.video
+        record["strip_frames"] = strip_indices(settings.frames)
     if job.prompt.expected_text is not None:
         record["expected_text"] = list(job.prompt.expected_text)
     if job.prompt.concepts is not None:
@@ -150,7 +167,7 @@ def check_run_settings(out: Path, settings: ImageSettings, model: str) -> None:
         if folder.exists() and not folder.is_dir():
             raise ValueError(f"--out {out}: {folder} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    settings_stamp(out / "run.json", {"model": model, **asdict(settings)}, "a run", "choose another --out",
+    settings_stamp(out / "run.json", {"model": model, **settings.stamp()}, "a run", "choose another --out",
                    "delete it if the folder's images were made with the current settings, or choose another --out")
 
 
@@ -173,6 +190,9 @@ def run_grid(
     many images of one method (several seeds or prompts) share one batched forward.
     """
     out = Path(out)
+    if settings.frames != (adapter.frames if adapter.video else None):
+        raise ValueError(f"frames: the image settings give {settings.frames}, the {adapter.name} adapter makes "
+                         + (f"{adapter.frames}-frame videos" if adapter.video else "images"))
     check_run_settings(out, settings, model)
     name = f"shard-{shard[0]:03d}-of-{shard[1]:03d}"
     try:
@@ -216,6 +236,9 @@ def _run_shard(adapter: Adapter, mine: list[list[Job]], settings: ImageSettings,
                 images = sample_batch(adapter, method, [_request(j, settings) for j in jobs], [j.seed for j in jobs],
                                       settings.steps, settings.height, settings.width, settings.max_sequence_length)
             for job, image in zip(jobs, images):
+                if settings.frames is not None:  # a video (its frames): the video, then its strip, which marks it done
+                    write_video(out / job.video, image, adapter.fps)
+                    image = frame_strip(image, strip_indices(len(image)))
                 atomic_write(out / job.image, lambda tmp, image=image: image.save(tmp, format="PNG"))
         made = {job.image for jobs in pending.values() for job in jobs}
         for group in chunk:
@@ -233,6 +256,7 @@ def _run_shard(adapter: Adapter, mine: list[list[Job]], settings: ImageSettings,
                 bar.update()
             sheet = out / "contact_sheets" / f"{prompt_slug(group[0].prompt.prompt)}_seed{group[0].seed}.png"
             if made & {job.image for job in group} or not sheet.exists():
+                tile = 256 if settings.frames is None else 64 * len(strip_indices(settings.frames))
                 contact_sheet([out / j.image for j in group], [method_label(j.method) for j in group],
-                              f"seed {group[0].seed}: {group[0].prompt.prompt}", sheet, marks=marks)
+                              f"seed {group[0].seed}: {group[0].prompt.prompt}", sheet, tile=tile, marks=marks)
     bar.close()
