@@ -157,6 +157,13 @@ def _scores(captures: list[Capture], metric: str, step: int | None, baseline: st
     return change, score, causal_label(score), descending(score), reference
 
 
+def rank_captures(captures: list[Capture], metric: str = "difference", step: int | None = None,
+                  baseline: str = "input", score: str | None = None) -> tuple[Ranking, str]:
+    """The ranking of ``captures`` (one finder) and the name of the score it ranks by."""
+    change, score, _, desc, _ = _scores(captures, metric, step, baseline, score)
+    return rank_layers(at_step(change, step), captures[0].layer_names, desc), score
+
+
 def analyse(captures: list[Capture], out: str | Path, metric: str = "difference", step: int | None = None,
             top_k: int = 3, title: str | None = None, dpi: int = 300, ylim: float | None = None,
             baseline: str = "input", score: str | None = None) -> dict:

@@ -88,25 +88,31 @@ class ProbeRecorder:
                 "reference_distance": self.reference_distance.float(), "reference_cosine": self.reference_cosine.float()}
 
 
-def check_finder_settings(config) -> None:
+def check_finder_settings(finder: str, trajectory: str, site: str = "block", compare: str = "cond",
+                          save_layers: object = ()) -> None:
     """Fail with one line, naming the setting, when a capture setting of the contrastive finder is given to a causal
     one."""
-    if config.finder not in FINDERS:
-        raise ValueError(f"--finder must be one of {', '.join(FINDERS)}, got {config.finder!r}")
-    if config.finder == "contrast":
+    if finder not in FINDERS:
+        raise ValueError(f"--finder must be one of {', '.join(FINDERS)}, got {finder!r}")
+    if finder == "contrast":
         return
-    for flag, value, default in (("--trajectory", config.trajectory, "shared"), ("--site", config.site, "block"),
-                                 ("--compare", config.compare, "cond")):
+    for flag, value, default in (("--trajectory", trajectory, "shared"), ("--site", site, "block"),
+                                 ("--compare", compare, "cond")):
         if value != default:
-            raise ValueError(f"{flag} {value}: the {config.finder} finder compares predictions along the negative "
+            raise ValueError(f"{flag} {value}: the {finder} finder compares predictions along the negative "
                              f"prompt's trajectory ({flag[2:]} {default}); {flag} is for --finder contrast")
-    if config.save_layers:
-        raise ValueError(f"--save-activations: the {config.finder} finder records predictions, not activations")
+    if save_layers:
+        raise ValueError(f"--save-activations: the {finder} finder records predictions, not activations")
+
+
+def check_config(config) -> None:
+    """``check_finder_settings`` of a ``CaptureConfig``."""
+    check_finder_settings(config.finder, config.trajectory, config.site, config.compare, config.save_layers)
 
 
 def probe_pair(adapter: Adapter, pair: PromptPair, config, max_lanes: int | None = None) -> dict[str, torch.Tensor]:
     """The causal measures [steps, layers] (and [steps] references) of one pair, from the noise of ``config.seed``."""
-    check_finder_settings(config)
+    check_config(config)
     method = ProbeTrajectory(cfg_scale=None if adapter.has_distilled_guidance else config.guidance,
                              finder=config.finder, layers=tuple(adapter.layer_names))
     run = prepare(adapter, method.conditions(pair), config.seed, config.steps, config.height, config.width,

@@ -27,7 +27,7 @@ from ..io import atomic_write, remove_stale_temps, settings_stamp
 from ..prompts import PromptPair
 from ..provenance import versions
 from .files import read_metadata, save_capture
-from .finders import check_finder_settings, probe_pair
+from .finders import check_config, probe_pair
 from .recorder import CosineRecorder
 from .trajectory import PairTrajectory
 
@@ -109,7 +109,7 @@ def run_capture(
     in ``<out>.partial/`` and skipped when the same command is run again; merged at the end. A finished ``out`` of
     the same settings and prompts is kept (``force``: capture again). ``max_lanes``: the causal finders' cap on the
     passes of one forward (default: from the free GPU memory, none on CPU)."""
-    check_finder_settings(config)
+    check_config(config)
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory: give a .safetensors file name")
