@@ -102,7 +102,7 @@ def load_capture(path: str | os.PathLike) -> Capture:
         for key, shape in (("distance", cosine.shape), ("reference_distance", cosine.shape[:2]),
                            ("reference_cosine", cosine.shape[:2])):
             if key not in tensors or tuple(tensors[key].shape) != tuple(shape):
-                raise ValueError(f"{path}: a {meta['finder']} capture needs a {key!r} tensor of shape {tuple(shape)}")
+                raise ValueError(f"{path}: this {meta['finder']} capture needs a {key!r} tensor of shape {tuple(shape)}")
             if not torch.isfinite(tensors[key]).all():
                 raise ValueError(f"{path}: {key!r} holds NaN or infinite values")
     prefix = "activations."
