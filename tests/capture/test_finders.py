@@ -166,3 +166,78 @@ def test_causal_finders_refuse_contrast_settings(setting, message):
     config = CaptureConfig(**{**_config("tiny-flux", "ablation", 3.5).__dict__, **setting})
     with pytest.raises(ValueError, match=message):
         probe_pair(adapter_for(tiny("tiny-flux"), 3.5), PAIR, config)
+
+
+SMALL = dict(steps=2, height=32, width=32, max_sequence_length=32)
+
+
+@pytest.mark.parametrize("finder,score", [("ablation", "distance-ratio"), ("patching", "distance-ratio-drop")])
+def test_find_layers_with_a_causal_finder(finder, score):
+    import cslg
+
+    pipe = tiny("tiny-sd3")
+    result = cslg.find_layers(pipe, [(PAIR.negative, PAIR.positive)], finder=finder, top_k=2, max_lanes=3, **SMALL)
+    assert result["finder"] == finder and result["score"] == score and result["trajectory"] == "shared"
+    names = cslg.layer_names(pipe)
+    assert sorted(row["layer"] for row in result["ranking"]) == sorted(names)
+    assert result["suggested"] == [row["layer"] for row in result["ranking"][:2]]
+    by_cosine = cslg.find_layers(pipe, [(PAIR.negative, PAIR.positive)], finder=finder, score="cosine", **SMALL)
+    scores = [row["score"] for row in by_cosine["ranking"]]
+    assert by_cosine["score"] == "cosine" and scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(finder="probe"), ValueError, "^finder: expected one of contrast, ablation, patching, got 'probe'"),
+    (dict(finder="ablation", score="ratio"), ValueError, "^score: expected one of distance-ratio,"),
+    (dict(score="distance"), ValueError, "^score: ranks ablation and patching captures"),
+    (dict(finder="ablation", max_lanes=1), ValueError, "^max_lanes: 1 is not an integer at least 2"),
+    (dict(finder="patching", max_lanes=2.5), TypeError, "^max_lanes: expected an integer"),
+    (dict(finder="ablation", trajectory="independent"), ValueError, "^trajectory: the ablation finder follows"),
+])
+def test_find_layers_checks_the_finder_arguments(kwargs, error, message):
+    import cslg
+
+    with pytest.raises(error, match=message):
+        cslg.find_layers(tiny("tiny-sd3"), [("a", "b")], **kwargs)
+
+
+def test_scripts_and_commands_take_the_finder(tmp_path, capsys):
+    import json
+
+    import FLUX_LayerExperiment_pairwise as flux_script
+    import SD3_LayerExperiment_pairwise as sd3_script
+    from cslg.capture import read_metadata
+    from cslg.cli import main as cslg_main
+
+    prompts = tmp_path / "pairs.json"
+    prompts.write_text(json.dumps([{"negative": PAIR.negative, "positive": PAIR.positive}]))
+    common = ["--prompts", str(prompts), "--pairs", "1", "--steps", "2", "--height", "32", "--width", "32",
+              "--max-sequence-length", "32"]
+    flux = flux_script.main(["--model", "tiny-flux", *common, "--finder", "ablation", "--out",
+                             str(tmp_path / "f.safetensors")])
+    sd3 = sd3_script.main(["--model", "tiny-sd3", *common, "--finder", "patching", "--max-lanes", "3", "--out",
+                           str(tmp_path / "s.safetensors")])
+    assert read_metadata(flux)["finder"] == "ablation" and read_metadata(flux)["trajectory"] == "shared"
+    assert read_metadata(sd3)["finder"] == "patching"
+    assert cslg_main(["analyse", str(sd3), "--out", str(tmp_path / "ana"), "--dpi", "30"]) == 0
+    data = json.loads((tmp_path / "ana" / "layers.json").read_text())
+    assert data["finder"] == "patching" and data["score"] == "distance-ratio-drop" and len(data["ranking"]) == 6
+    assert cslg_main(["inspect", str(flux)]) == 0
+    out = capsys.readouterr().out
+    assert "captured (ablation) 1 pairs x 2 steps x 12 layers" in out
+    assert "reference_distance" in out and "top layers (ablation finder, distance-ratio, mean over steps)" in out
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--finder", "ablation", "--trajectory", "independent"], "^--trajectory independent: the ablation finder"),
+    (["--finder", "patching", "--site", "attn"], "^--site attn: the patching finder"),
+    (["--finder", "ablation", "--save-activations", "1"], "^--save-activations: the ablation finder"),
+    (["--finder", "ablation", "--preset", "paper"], "^--preset paper: upstream's contrastive capture"),
+    (["--finder", "ablation", "--max-lanes", "1"], "^--max-lanes must be at least 2, got 1"),
+])
+def test_capture_command_refuses_contrast_settings_for_causal_finders(tmp_path, flags, message):
+    from cslg.cli import main as cslg_main
+
+    with pytest.raises(SystemExit, match=message):
+        cslg_main(["capture", "--model", "tiny-sd3", "--prompts", str(tmp_path / "never-read.json"), *flags,
+                   "--out", str(tmp_path / "x.safetensors")])
