@@ -103,3 +103,21 @@ def test_patching_is_cumulative_so_its_default_ranks_the_drop(planted_captures):
     ratio = (cap.distance / cap.reference_distance[..., None]).mean((0, 1))
     at = cap.layer_names.index(layer)
     assert float(ratio[at:].max()) < 0.2 and float(ratio[:at].min()) > 0.9
+
+
+def test_a_block_that_reacts_to_every_prompt_is_first_for_contrast_and_last_for_ablation(tmp_path):
+    """Where the finders disagree: ``test_planted.py``'s block amplifies its text values for every prompt. The two
+    prompts' activations come apart there (contrast ranks it first), but skipping it moves the positive prediction
+    away from the negative one (ablation ranks it last)."""
+    from .test_planted import PAIRS as AMPLIFIED_PAIRS, PLANTED, _planted
+
+    adapter = _planted("tiny-sd3")
+    rankings = {}
+    for finder in ("contrast", "ablation"):
+        config = CaptureConfig(model="tiny-sd3", prompts_file="-", pairs=len(AMPLIFIED_PAIRS), steps=2, seed=0,
+                               height=32, width=32, guidance=7.0, max_sequence_length=32,
+                               trajectory="independent" if finder == "contrast" else "shared", finder=finder)
+        capture = run_capture(adapter, AMPLIFIED_PAIRS, config, tmp_path / f"{finder}.safetensors", progress=False)
+        rankings[finder] = rank_captures([load_capture(capture)])[0]
+    assert rankings["contrast"].top(1) == [PLANTED["tiny-sd3"]]
+    assert rankings["ablation"].order[-1] == adapter.layer_names.index(PLANTED["tiny-sd3"])
