@@ -81,6 +81,7 @@ def _finished(out: Path, config: CaptureConfig, pairs: Sequence[PromptPair]) -> 
         meta = read_metadata(out)
     except (FileNotFoundError, ValueError):
         return False
+    meta.setdefault("finder", "contrast")  # written before the finders existed
     same = all(meta.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items())
     return same and meta.get("prompts") == [[p.negative, p.positive] for p in pairs]
 
