@@ -188,7 +188,7 @@ def analyse(captures: list[Capture], out: str | Path, metric: str = "difference"
                  f"trajectories, {int(change.shape[0])} pairs")
         stem, heading = f"{model}_{metric}", f"{model}, contrast finder: {label.capitalize()} per Layer"
     else:
-        when += f"\nthe negative prompt's trajectory, {int(change.shape[0])} pairs"
+        when += f", along the negative prompt's trajectory, {int(change.shape[0])} pairs"
         stem, heading = f"{model}_{finder}_{score}", f"{model}, {finder} finder: {label} per layer"
     k = min(top_k, len(names))
     figure = plot_layer_change(
