@@ -8,8 +8,8 @@ the L blocks skipped) against its ideal cost and against running the passes one 
                the skipped pass of block l costs the L - 1 - l blocks after it
 
 Wall time: median of interleaved repeats in this process (so load drifts hit every mode alike). Peak memory: one run
-per mode in a fresh subprocess, above what the loaded model holds (GPU: max allocated; CPU: peak resident set size
-minus the resident size before the step). CPU runs use one thread (the tiny models gain nothing from more).
+per mode in a fresh subprocess, above what the loaded model holds (GPU: max allocated; CPU: the peak resident set size
+of the step, Linux's VmHWM reset before it, minus the resident size before it). CPU runs use one thread.
 
     python benchmarks/bench_finders.py [--model tiny|medium] [--family flux|sd3] [--size 64] [--max-lanes 8]
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import statistics
 import subprocess
@@ -83,6 +84,15 @@ def resident_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
 
 
+def peak_resident_bytes() -> int:
+    """The peak resident set size since the last ``reset_peak_resident`` (Linux's VmHWM)."""
+    return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+
+def reset_peak_resident() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
+
+
 def peak_memory_mb(mode: str, model: str, family: str, size: int, max_lanes: int) -> float:
     """Peak memory of one run of ``mode`` above the loaded model (called in a fresh subprocess)."""
     modes, _ = runner(model, family, size, max_lanes)
@@ -93,9 +103,10 @@ def peak_memory_mb(mode: str, model: str, family: str, size: int, max_lanes: int
         modes[mode]()
         sync()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
+    reset_peak_resident()
     before = resident_bytes()
     modes[mode]()
-    return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before) / 2**20
+    return max(0, peak_resident_bytes() - before) / 2**20
 
 
 def main() -> None:
