@@ -85,7 +85,8 @@ class ProbeRecorder:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"distance": self.distance.float(), "cosine": self.cosine.float(),
-                "reference_distance": self.reference_distance.float(), "reference_cosine": self.reference_cosine.float()}
+                "reference_distance": self.reference_distance.float(),
+                "reference_cosine": self.reference_cosine.float()}
 
 
 def check_finder_settings(finder: str, trajectory: str, site: str = "block", compare: str = "cond",

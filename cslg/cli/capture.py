@@ -81,7 +81,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, family: str |
         raise SystemExit(f"--max-lanes must be at least 2, got {args.max_lanes}")
     if args.preset == "paper":
         if args.finder != "contrast":
-            raise SystemExit(f"--preset paper: upstream's contrastive capture; it does not apply to --finder {args.finder}")
+            raise SystemExit(f"--preset paper: upstream's contrastive capture; it does not apply to "
+                             f"--finder {args.finder}")
         args.site, args.compare, args.trajectory = "attn", "all", "independent"
     if args.trajectory is None:
         args.trajectory = getattr(args, "default_trajectory", "independent") if args.finder == "contrast" else "shared"

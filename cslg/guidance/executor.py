@@ -187,8 +187,8 @@ def _check_patches(passes: Mapping[str, Pass]) -> None:
             if not isinstance(kind, PatchFrom):
                 continue
             if kind.source not in passes:
-                raise ValueError(f"pass {name!r} takes block {layer}'s output from {kind.source!r}, which is not a pass "
-                                 f"of this forward ({', '.join(passes)})")
+                raise ValueError(f"pass {name!r} takes block {layer}'s output from {kind.source!r}, which is not a "
+                                 f"pass of this forward ({', '.join(passes)})")
             if passes[kind.source].at(layer) is not None:
                 raise ValueError(f"pass {name!r} takes block {layer}'s output from {kind.source!r}, which perturbs "
                                  "that block itself")
