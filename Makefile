@@ -31,9 +31,11 @@ demo: install
 	@echo "== step 1: capture activations of prompt pairs (tiny FLUX and tiny SD3.5) =="
 	$(PY) FLUX_LayerExperiment_pairwise.py --model tiny-flux --pairs 8 $(DEMO_SIZE) --out $(DEMO_OUT)/flux_capture.safetensors --save-activations s0
 	$(PY) SD3_LayerExperiment_pairwise.py --model tiny-sd35 --pairs 8 $(DEMO_SIZE) --out $(DEMO_OUT)/sd35_capture.safetensors
+	$(PY) FLUX_LayerExperiment_pairwise.py --model tiny-flux --pairs 4 $(DEMO_SIZE) --finder ablation --out $(DEMO_OUT)/flux_ablation.safetensors
 	@echo "== step 2: contrastive analysis and layer ranking =="
 	$(PY) visualize.py $(DEMO_OUT)/flux_capture.safetensors --out $(DEMO_OUT)/flux_analysis --dpi 100
 	$(PY) visualize.py $(DEMO_OUT)/sd35_capture.safetensors --out $(DEMO_OUT)/sd35_analysis --dpi 100
+	$(PY) visualize.py $(DEMO_OUT)/flux_ablation.safetensors --out $(DEMO_OUT)/flux_ablation_analysis --dpi 100
 	@echo "== step 3: final-experiment grids with the layers from step 2 =="
 	$(PY) FLUX_final_experiments.py --model tiny-flux --limit 3 --seeds 0,1 $(DEMO_SIZE) \
 		--methods none cfg cslg scfg concept --cfg-scales 1,3.5 --cslg-scales 1,2 \

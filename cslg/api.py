@@ -1,4 +1,4 @@
-"""The public Python API: guidance on a pipeline you loaded with diffusers, and the contrastive layer finder. Every
+"""The public Python API: guidance on a pipeline you loaded with diffusers, and the layer finders. Every
 argument is checked here, before anything is computed: a wrong type raises ``TypeError`` and a bad value
 ``ValueError``, each naming the argument."""
 
@@ -19,7 +19,7 @@ from .capture import CaptureConfig, load_capture, run_capture
 from .families import adapter_for
 from .guidance.sampling import StepCallback, sample_batch
 from .methods.base import Method, Request
-from .options import BASELINES, CHANGE_METRICS, TRAJECTORIES
+from .options import BASELINES, CAUSAL_SCORES, CHANGE_METRICS, FINDERS, TRAJECTORIES
 from .prompts import PromptPair
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -117,30 +117,53 @@ def find_layers(
     pipe: DiffusionPipeline,
     pairs: Sequence[tuple[str, str] | PromptPair],
     *,
+    finder: str = "contrast",
     steps: int = 28,
     seed: int = 0,
     height: int | None = None,
     width: int | None = None,
     guidance: float | None = None,
     max_sequence_length: int | None = None,
-    trajectory: str = "independent",
+    trajectory: str | None = None,
     metric: str = "difference",
     baseline: str = "input",
+    score: str | None = None,
     step: int | None = None,
     top_k: int = 3,
+    max_lanes: int | None = None,
     out: str | Path | None = None,
 ) -> dict:
     """Which blocks carry the feature that tells the two prompts of each pair apart? Captures every pair (the
-    prompt without the feature first) and ranks the blocks: the content of ``layers.json``, ``suggested`` the
-    ``top_k`` best. ``guidance``: the distilled guidance embedding where the model has one, else the CFG scale of the
+    prompt without the feature first) with ``finder`` and ranks the blocks: the content of ``layers.json``,
+    ``suggested`` the ``top_k`` best.
+
+    ``finder``: ``contrast`` (the cosine of the two prompts' activations per block; ``trajectory``, default
+    ``independent``, ``metric`` and ``baseline`` apply), ``ablation`` (each block skipped in the positive prompt's
+    pass, along the negative prompt's trajectory) or ``patching`` (each block's image-token output taken from the
+    negative prompt's pass); ``score`` ranks the last two (default: ``distance-ratio`` / ``distance-ratio-drop``,
+    ``cslg.analysis.causal``), ``max_lanes`` caps their passes per forward (default: from the free GPU memory, none
+    on CPU). ``guidance``: the distilled guidance embedding where the model has one, else the CFG scale of the
     capture (default: the family's own, as the capture scripts). ``out``: a folder to keep the capture,
     ``layers.json`` and the figures in."""
     pairs = _pairs(pairs)
     steps, seed, top_k = _integer(steps, "steps", 1), _integer(seed, "seed", 0, MAX_SEED), _integer(top_k, "top_k", 1)
+    if finder not in FINDERS:
+        raise ValueError(f"finder: expected one of {', '.join(FINDERS)}, got {finder!r}")
+    if trajectory is None:
+        trajectory = "independent" if finder == "contrast" else "shared"
     for value, name, allowed in ((trajectory, "trajectory", TRAJECTORIES), (metric, "metric", CHANGE_METRICS),
                                  (baseline, "baseline", BASELINES)):
         if value not in allowed:
             raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
+    if finder != "contrast" and trajectory != "shared":
+        raise ValueError(f"trajectory: the {finder} finder follows the negative prompt's trajectory ('shared'), "
+                         f"got {trajectory!r}")
+    if score is not None and score not in CAUSAL_SCORES:
+        raise ValueError(f"score: expected one of {', '.join(CAUSAL_SCORES)}, got {score!r}")
+    if score is not None and finder == "contrast":
+        raise ValueError("score: ranks ablation and patching captures; the contrast finder ranks by metric / baseline")
+    if max_lanes is not None:
+        max_lanes = _integer(max_lanes, "max_lanes", 2)
     if step is not None and not (isinstance(step, Integral) and not isinstance(step, bool)):
         raise TypeError(f"step: expected a step index or None, got {step!r}")
     adapter = adapter_for(pipe, _number(guidance, "guidance", 0.0) if guidance is not None else None)
@@ -153,13 +176,14 @@ def find_layers(
         height=_integer(height, "height", 1) if height is not None else size,
         width=_integer(width, "width", 1) if width is not None else size, guidance=float(guidance),
         max_sequence_length=_integer(max_sequence_length, "max_sequence_length", 1) if max_sequence_length
-        is not None else adapter.default_max_sequence_length, trajectory=trajectory,
+        is not None else adapter.default_max_sequence_length, trajectory=trajectory, finder=finder,
     )
     adapter.check_settings(config.height, config.width, config.max_sequence_length)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out) if out is not None else Path(tmp)
-        capture = run_capture(adapter, pairs, config, folder / "capture.safetensors", progress=True)
-        result = analyse([load_capture(capture)], folder, metric, step, top_k, baseline=baseline)
+        capture = run_capture(adapter, pairs, config, folder / "capture.safetensors", progress=True,
+                              max_lanes=max_lanes)
+        result = analyse([load_capture(capture)], folder, metric, step, top_k, baseline=baseline, score=score)
     if out is None:  # the temporary folder is gone: no paths into it
         result = {k: v for k, v in result.items() if k not in ("path", "figures", "captures")}
     return result

@@ -41,10 +41,12 @@ def plot_layer_change(
     ylim: float | None = None,
     groups: Sequence[tuple[str, int]] = (),
     suggested: Sequence[str] = (),
+    reference: float | None = 0.0,
 ) -> Path:
     """The paper's figure: every pair in light grey, the mean over pairs in green with a band of one standard
-    deviation, layers on x; the ``suggested`` layers are marked. ``ylim``: symmetric y-range (upstream used 0.2);
-    by default fitted to the data."""
+    deviation, layers on x; the ``suggested`` layers are marked. ``reference``: the unperturbed value, drawn as a
+    line (``None``: none); the y-range is symmetric about it, ``ylim`` either side (upstream used 0.2), by default
+    fitted to the data."""
     fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
     x = list(range(len(layer_names)))
@@ -59,9 +61,13 @@ def plot_layer_change(
     if marked:
         ax.scatter(marked, [float(mean[i]) for i in marked], s=90, facecolors="none", edgecolors=SUGGESTED_COLOR,
                    linewidths=1.8, zorder=5, label="suggested: " + ", ".join(suggested))
-    ax.axhline(0, color="black", linewidth=0.5)
-    lim = ylim or float(scores.abs().max()) * 1.1 or 0.2
-    ax.set_ylim(-lim, lim)
+    center = reference or 0.0
+    if reference is not None:
+        ax.axhline(reference, color="black", linewidth=0.5)
+        lim = ylim or float((scores - center).abs().max()) * 1.1 or 0.2
+        ax.set_ylim(center - lim, center + lim)
+    elif ylim:
+        ax.set_ylim(-ylim, ylim)
     ax.set_xticks(x)
     ax.set_xticklabels(layer_names, rotation=90 if len(x) > 24 else 0, fontsize=7 if len(x) > 24 else 9)
     for i in marked:
@@ -76,14 +82,15 @@ def plot_layer_change(
 
 def plot_step_heatmap(
     mean_change: torch.Tensor, layer_names: list[str], title: str, path: Path, dpi: int = 200,
-    groups: Sequence[tuple[str, int]] = (), label: str = "mean change in cosine similarity",
+    groups: Sequence[tuple[str, int]] = (), label: str = "mean change in cosine similarity", center: float = 0.0,
 ) -> Path:
-    """Layers x steps heatmap of the mean change (diverging colours, 0 in white)."""
+    """Layers x steps heatmap of the mean change (diverging colours, ``center`` in white)."""
     width = max(6.0, 0.25 * len(layer_names) + 2)
     fig = Figure(figsize=(width, max(4.0, 0.2 * mean_change.shape[0] + 2.5)), layout="constrained")
     ax = fig.add_subplot()
-    lim = float(mean_change.abs().max()) or 1.0
-    im = ax.imshow(mean_change.numpy(), aspect="auto", cmap="RdBu", vmin=-lim, vmax=lim, interpolation="nearest")
+    lim = float((mean_change - center).abs().max()) or 1.0
+    im = ax.imshow(mean_change.numpy(), aspect="auto", cmap="RdBu", vmin=center - lim, vmax=center + lim,
+                   interpolation="nearest")
     ax.set_xticks(range(len(layer_names)))
     ax.set_xticklabels(layer_names, rotation=90, fontsize=7)
     ax.set_xlabel("layer")

@@ -7,7 +7,8 @@ With ``s_l`` the cosine similarity between the two prompts' outputs of block ``l
 - ``relative``: ``r_l = (s_l - s_{l-1}) / s_{l-1}``.
 
 A block with a large drop (most negative value, averaged over pairs) pulls the two prompts apart: it
-carries the feature. Layers are ranked by that mean, most negative first.
+carries the feature. Layers are ranked by that mean, most negative first. Captures of the causal finders
+(``ablation``, ``patching``) are ranked by their own scores (``cslg.analysis.causal``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 
 from ..capture.files import Capture
 from ..io import atomic_write_json
-from ..options import BASELINES, CHANGE_METRICS
+from ..options import BASELINES, CHANGE_METRICS, DEFAULT_SCORES
+from .causal import causal_change, causal_measure, descending, parse_score
 from .agreement import DEFAULT_FINDER, pairs_digest
 
 
@@ -54,10 +56,15 @@ def per_pair_scores(cosine: torch.Tensor, metric: str = "difference", step: int 
                     baseline: torch.Tensor | None = None) -> torch.Tensor:
     """[pairs, layers]: the change at ``step`` (negative counts from the end), or averaged over all steps;
     ``baseline`` [pairs, steps]: the similarity before the first block (default 1)."""
-    change = layer_change(cosine.double(), metric, None if baseline is None else baseline.double())
+    return at_step(layer_change(cosine.double(), metric, None if baseline is None else baseline.double()), step)
+
+
+def at_step(change: torch.Tensor, step: int | None) -> torch.Tensor:
+    """[pairs, layers] of ``change`` [pairs, steps, layers]: at ``step`` (negative counts from the end) or the mean
+    over steps."""
     if step is None:
         return change.mean(dim=1)
-    steps = cosine.shape[1]
+    steps = change.shape[1]
     if not -steps <= step < steps:
         raise ValueError(f"--step {step} is out of range: the capture has {steps} steps")
     return change[:, step]
@@ -82,11 +89,13 @@ class Ranking:
         ]
 
 
-def rank_layers(scores: torch.Tensor, layer_names: list[str]) -> Ranking:
-    """Rank layers by the mean of ``scores`` [pairs, layers] over pairs, ascending."""
+def rank_layers(scores: torch.Tensor, layer_names: list[str], descending: bool = False) -> Ranking:
+    """Rank layers by the mean of ``scores`` [pairs, layers] over pairs, ascending (``descending``: largest
+    first)."""
     mean = scores.mean(dim=0)
     std = scores.std(dim=0) if scores.shape[0] > 1 else torch.zeros_like(mean)
-    order = sorted(range(len(layer_names)), key=lambda i: (float(mean[i]), i))
+    sign = -1.0 if descending else 1.0
+    order = sorted(range(len(layer_names)), key=lambda i: (sign * float(mean[i]), i))
     return Ranking(layer_names, mean, std, order)
 
 
@@ -124,6 +133,41 @@ def merge_baselines(captures: list[Capture], baseline: str) -> torch.Tensor | No
 
 
 YLABELS = {"difference": "change in cosine similarity", "relative": "relative change in cosine similarity"}
+CAUSAL_LABELS = {"distance": "‖n - p_l‖₂", "cosine": "cos(n, p_l)"}
+CAUSAL_NORMS = {"ratio": " / reference", "difference": " - reference", "raw": ""}
+
+
+def causal_label(score: str) -> str:
+    """The y-axis label of a causal score, e.g. ``‖n - p_l‖₂ / reference, change along depth``."""
+    measure, norm, drop = parse_score(score)
+    return CAUSAL_LABELS[measure] + CAUSAL_NORMS[norm] + (", change along depth" if drop else "")
+
+
+def _scores(captures: list[Capture], metric: str, step: int | None, baseline: str, score: str | None):
+    """``(per-step change [pairs, steps, layers], score name, label, descending, reference line)`` of captures of
+    one finder."""
+    finder = captures[0].finder
+    if finder == "contrast":
+        if score is not None:
+            raise ValueError(f"--score {score}: scores are for ablation and patching captures; "
+                             f"{captures[0].path} is a contrast capture (rank it with --metric / --baseline)")
+        base = merge_baselines(captures, baseline)
+        change = layer_change(merge_captures(captures).double(), metric, None if base is None else base.double())
+        return change, metric, YLABELS[metric], False, 0.0
+    score = score or DEFAULT_SCORES[finder]
+    _, norm, drop = parse_score(score)
+    merge_captures(captures)  # the same finder, model and steps
+    measures = [causal_measure(c, score) for c in captures]
+    change = causal_change(torch.cat([m for m, _ in measures]), torch.cat([r for _, r in measures]), score)
+    reference = 1.0 if norm == "ratio" and not drop else 0.0 if (drop or norm == "difference") else None
+    return change, score, causal_label(score), descending(score), reference
+
+
+def rank_captures(captures: list[Capture], metric: str = "difference", step: int | None = None,
+                  baseline: str = "input", score: str | None = None) -> tuple[Ranking, str]:
+    """The ranking of ``captures`` (one finder) and the name of the score it ranks by."""
+    change, score, _, desc, _ = _scores(captures, metric, step, baseline, score)
+    return rank_layers(at_step(change, step), captures[0].layer_names, desc), score
 
 
 def captures_digest(captures: list[Capture]) -> str | None:
@@ -134,48 +178,56 @@ def captures_digest(captures: list[Capture]) -> str | None:
 
 def analyse(captures: list[Capture], out: str | Path, metric: str = "difference", step: int | None = None,
             top_k: int = 3, title: str | None = None, dpi: int = 300, ylim: float | None = None,
-            baseline: str = "input") -> dict:
-    """Rank the layers of ``captures`` (one model) and write ``out/layers.json``, the per-layer figure and the
-    layers x steps heatmap. Returns the ``layers.json`` content (its path under ``"path"``)."""
+            baseline: str = "input", score: str | None = None) -> dict:
+    """Rank the layers of ``captures`` (one model, one finder) and write ``out/layers.json``, the per-layer figure
+    and the layers x steps heatmap. Returns the ``layers.json`` content (its path under ``"path"``). ``metric`` /
+    ``baseline`` rank contrast captures, ``score`` (default: the finder's, ``cslg.options.DEFAULT_SCORES``) those of
+    the causal finders."""
     from .plots import plot_layer_change, plot_step_heatmap
 
-    cosine = merge_captures(captures)
-    base = merge_baselines(captures, baseline)
     first = captures[0]
+    finder = first.finder
+    change, score, label, desc, reference = _scores(captures, metric, step, baseline, score)
     names, groups = first.layer_names, first.metadata.get("block_groups", ())
     model = title or first.model.rstrip("/").split("/")[-1]
-    scores = per_pair_scores(cosine, metric, step, base)
-    ranking = rank_layers(scores, names)
+    scores = at_step(change, step)
+    ranking = rank_layers(scores, names, desc)
     out = Path(out)
     meta = first.metadata
-    when = ("mean over steps" if step is None else f"step {step}") + (
-        f", baseline {baseline}\nsite {meta.get('site', 'block')}, {meta.get('trajectory', 'independent')} "
-        f"trajectories, {int(cosine.shape[0])} pairs")
+    when = "mean over steps" if step is None else f"step {step}"
+    if finder == "contrast":
+        when += (f", baseline {baseline}\nsite {meta.get('site', 'block')}, {meta.get('trajectory', 'independent')} "
+                 f"trajectories, {int(change.shape[0])} pairs")
+        stem, heading = f"{model}_{metric}", f"{model}, contrast finder: {label.capitalize()} per Layer"
+    else:
+        when += f", along the negative prompt's trajectory, {int(change.shape[0])} pairs"
+        stem, heading = f"{model}_{finder}_{score}", f"{model}, {finder} finder: {label} per layer"
     k = min(top_k, len(names))
     figure = plot_layer_change(
-        scores, names, f"{model}: {YLABELS[metric].capitalize()} per Layer ({when})",
-        YLABELS[metric], out / f"{model}_{metric}_per_layer.png", dpi, ylim, groups, ranking.top(k),
+        scores, names, f"{heading} ({when})", label, out / f"{stem}_per_layer.png", dpi, ylim, groups,
+        ranking.top(k), reference=reference,
     )
     heatmap = plot_step_heatmap(
-        layer_change(cosine.double(), metric, None if base is None else base.double()).mean(0), names,
-        f"{model}: {YLABELS[metric]} per layer and step", out / f"{model}_{metric}_heatmap.png", groups=groups,
-        label=f"mean {YLABELS[metric]}",
+        change.mean(0), names, f"{heading} and step", out / f"{stem}_heatmap.png", groups=groups,
+        label=f"mean {label}", center=reference or 0.0,
     )
     result = {
-        "finder": meta.get("finder", DEFAULT_FINDER),
         "model": first.model,
         "family": first.metadata["family"],
+        "finder": finder,
         "captures": [str(c.path) for c in captures],
-        "pairs": int(cosine.shape[0]),
+        "pairs": int(change.shape[0]),
         "pairs_sha1": captures_digest(captures),
-        "metric": metric,
-        "baseline": baseline,
-        "site": first.metadata.get("site", "block"),
+        "score": score,
+        **({"metric": metric, "baseline": baseline, "site": first.metadata.get("site", "block")}
+           if finder == "contrast" else {}),
         "trajectory": first.metadata.get("trajectory", "independent"),
+        "order": "descending" if desc else "ascending",
         "step": "all" if step is None else step,
         "top_k": k,
         "suggested": ranking.top(k),
-        "neutral": 0.0,  # the score of a block that changes nothing (the zero of the layer-weight gains)
+        # the score of a block that changes nothing (the zero of the layer-weight gains); raw causal scores have none
+        **({"neutral": reference} if reference is not None else {}),
         "layer_names": names,
         "block_groups": [list(g) for g in groups],
         "ranking": ranking.as_rows(),

@@ -1,8 +1,13 @@
 """Capture files (step 1 -> 2): safetensors with JSON-encoded metadata, never pickle.
 
-Tensors: ``cosine`` [pairs, steps, layers] (float32), ``input_cosine`` [pairs, steps] (the image tokens entering
+Metadata ``finder``: ``contrast`` (also files written before finders existed), ``ablation`` or ``patching``.
+
+``contrast``: ``cosine`` [pairs, steps, layers] (float32), ``input_cosine`` [pairs, steps] (the image tokens entering
 the first block) and, when raw activations were saved,
 ``activations.<layer>`` [pairs, saved_steps, 2, image_tokens, dim] with ``activation_steps`` [saved_steps].
+
+``ablation`` / ``patching``: ``cosine`` = ``cos(n, p_l)`` and ``distance`` = ``‖n - p_l‖₂`` [pairs, steps, layers],
+``reference_cosine`` = ``cos(n, p)`` and ``reference_distance`` = ``‖n - p‖₂`` [pairs, steps].
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ class Capture:
     activations: dict[str, torch.Tensor] = field(default_factory=dict)
     activation_steps: torch.Tensor | None = None
     input_cosine: torch.Tensor | None = None  # [pairs, steps]: the image tokens entering the first block
+    distance: torch.Tensor | None = None  # causal finders: [pairs, steps, layers]
+    reference_distance: torch.Tensor | None = None  # causal finders: [pairs, steps]
+    reference_cosine: torch.Tensor | None = None  # causal finders: [pairs, steps]
+
+    @property
+    def finder(self) -> str:
+        return self.metadata.get("finder", "contrast")
 
     @property
     def layer_names(self) -> list[str]:
@@ -87,6 +99,13 @@ def load_capture(path: str | os.PathLike) -> Capture:
     if not torch.isfinite(cosine).all():
         raise ValueError(f"{path}: 'cosine' holds NaN or infinite values (a capture with non-finite settings?)")
     check_metadata(path, meta, cosine, tensors.get("input_cosine"))
+    if meta.get("finder", "contrast") != "contrast":
+        for key, shape in (("distance", cosine.shape), ("reference_distance", cosine.shape[:2]),
+                           ("reference_cosine", cosine.shape[:2])):
+            if key not in tensors or tuple(tensors[key].shape) != tuple(shape):
+                raise ValueError(f"{path}: this {meta['finder']} capture needs a {key!r} tensor of shape {tuple(shape)}")
+            if not torch.isfinite(tensors[key]).all():
+                raise ValueError(f"{path}: {key!r} holds NaN or infinite values")
     prefix = "activations."
     return Capture(
         path=Path(path),
@@ -95,6 +114,9 @@ def load_capture(path: str | os.PathLike) -> Capture:
         activations={k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
         activation_steps=tensors.get("activation_steps"),
         input_cosine=tensors.get("input_cosine"),
+        distance=tensors.get("distance"),
+        reference_distance=tensors.get("reference_distance"),
+        reference_cosine=tensors.get("reference_cosine"),
     )
 
 

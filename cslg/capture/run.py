@@ -1,6 +1,7 @@
-"""Activation capture (step 1): per pair, step and block, the cosine similarity between the image-token
-outputs of the two prompts of a pair, reduced online in forward hooks (nothing else is stored unless raw
-activations of chosen layers are asked for).
+"""Capture (step 1) for every finder. ``contrast``: per pair, step and block, the cosine similarity between the
+image-token outputs of the two prompts of a pair, reduced online by a block observer (nothing else is stored unless
+raw activations of chosen layers are asked for). ``ablation`` / ``patching``: the causal measures of
+``cslg.capture.finders``. Every finder writes the same file format (``finder`` in the metadata).
 
 The two prompts run together in one batch. ``independent``: each prompt denoises its own trajectory from
 the same noise (as the paper). ``shared``: both are evaluated on one latent trajectory, the one driven by
@@ -26,6 +27,7 @@ from ..io import atomic_write, file_lock, remove_stale_temps, settings_stamp
 from ..prompts import PromptPair
 from ..provenance import versions
 from .files import read_metadata, save_capture
+from .finders import check_config, probe_pair
 from .recorder import CosineRecorder
 from .trajectory import PairTrajectory
 
@@ -50,6 +52,7 @@ class CaptureConfig:
     compare: str = "cond"  # "cond": compare the conditional passes; "all": average with the CFG ones (upstream, SD3)
     save_layers: tuple[str, ...] = ()
     save_steps: tuple[int, ...] = ()  # sorted, non-negative step indices
+    finder: str = "contrast"  # contrast / ablation / patching (cslg.options.FINDERS)
 
 
 def capture_pair(adapter: Adapter, pair: PromptPair, config: CaptureConfig) -> dict[str, torch.Tensor]:
@@ -78,6 +81,7 @@ def _finished(out: Path, config: CaptureConfig, pairs: Sequence[PromptPair]) -> 
         meta = read_metadata(out)
     except (FileNotFoundError, ValueError):
         return False
+    meta.setdefault("finder", "contrast")  # written before the finders existed
     same = all(meta.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items())
     return same and meta.get("prompts") == [[p.negative, p.positive] for p in pairs]
 
@@ -100,20 +104,22 @@ def resolve_steps(steps: Sequence[int], num_steps: int, flag: str = "--save-step
 
 def run_capture(
     adapter: Adapter, pairs: Sequence[PromptPair], config: CaptureConfig, out: str | Path, progress: bool = True,
-    force: bool = False,
+    force: bool = False, max_lanes: int | None = None,
 ) -> Path:
-    """Capture every pair and write ``out`` (safetensors). Resumable: finished pairs are kept in
-    ``<out>.partial/`` and skipped when the same command is run again; merged at the end. A finished ``out`` of the
-    same settings and prompts is kept (``force``: capture again)."""
+    """Capture every pair with ``config.finder`` and write ``out`` (safetensors). Resumable: finished pairs are kept
+    in ``<out>.partial/`` and skipped when the same command is run again; merged at the end. A finished ``out`` of
+    the same settings and prompts is kept (``force``: capture again). ``max_lanes``: the causal finders' cap on the
+    passes of one forward (default: from the free GPU memory, none on CPU)."""
+    check_config(config)
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory: give a .safetensors file name")
     with file_lock(out.with_name(out.name + ".lock"), wait=False, held_by=f"another capture writing {out}"):
-        return _capture(adapter, pairs, config, out, progress, force)
+        return _capture(adapter, pairs, config, out, progress, force, max_lanes)
 
 
 def _capture(adapter: Adapter, pairs: Sequence[PromptPair], config: CaptureConfig, out: Path, progress: bool,
-             force: bool) -> Path:
+             force: bool, max_lanes: int | None) -> Path:
     if out.is_file() and not force and _finished(out, config, pairs):
         print(f"{out} already holds this capture (same settings and prompts): kept; --force captures again")
         return out
@@ -133,7 +139,8 @@ def _capture(adapter: Adapter, pairs: Sequence[PromptPair], config: CaptureConfi
                 continue
             except Exception:  # safetensors raises its own error types for a truncated file
                 tqdm.write(f"warning: {part} is corrupt (an interrupted write?): capturing pair {p} again")
-        tensors = capture_pair(adapter, pair, config)
+        tensors = capture_pair(adapter, pair, config) if config.finder == "contrast" else \
+            probe_pair(adapter, pair, config, max_lanes)
         atomic_write(part, lambda tmp: save_file(tensors, tmp))
         parts.append(load_file(str(part)))
     merged = {key: torch.stack([part[key] for part in parts]) for key in parts[0] if key != "timesteps"}

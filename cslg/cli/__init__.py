@@ -13,7 +13,8 @@ from .common import Formatter
 
 # command -> (module, help line)
 COMMANDS = {
-    "capture": ("capture", "step 1: cosine similarity of prompt pairs per block and step -> .safetensors"),
+    "capture": ("capture", "step 1: per block and step, how prompt pairs differ (--finder contrast / ablation / "
+                           "patching) -> .safetensors"),
     "analyse": ("analyse", "step 2: rank the blocks -> layers.json and figures"),
     "grid": ("grid", "step 3: images of the guidance methods and their settings -> run folder"),
     "eval": ("eval", "step 4: OCR scores of a run folder -> tables and plots"),

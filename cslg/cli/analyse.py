@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..options import BASELINES, CHANGE_METRICS
+from ..options import BASELINES, CAUSAL_SCORES, CHANGE_METRICS, DEFAULT_SCORES
 from .common import one_line_errors
 
 DEFAULTS = dict(out="outputs/analysis", metric="difference", baseline="input", step="all", top_k=3, dpi=300,
@@ -27,6 +27,11 @@ def configure(p: argparse.ArgumentParser, **overrides) -> argparse.ArgumentParse
     p.add_argument("--baseline", choices=BASELINES, default=d["baseline"],
                    help="s_{-1} of the first block: 'input', the similarity of the image tokens entering it (the drift "
                         "of the two trajectories is not charged to block 0), or 'one' (the paper)")
+    p.add_argument("--score", choices=CAUSAL_SCORES, default=None,
+                   help="ranking score of ablation / patching captures: distance ‖n - p_l‖ or cosine cos(n, p_l), "
+                        "raw, -ratio or -difference to the unperturbed reference, -drop: change along depth "
+                        f"(default: ablation {DEFAULT_SCORES['ablation']}, patching {DEFAULT_SCORES['patching']}; "
+                        "contrast captures rank by --metric / --baseline)")
     p.add_argument("--step", default=d["step"], help="'all' (mean over steps) or a step index (-1 = last)")
     p.add_argument("--top-k", type=int, default=d["top_k"], help="how many layers to suggest (and to compare)")
     p.add_argument("--title", default=None, help="model name for the figure titles (default: from the capture)")
@@ -71,10 +76,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Path:
             print(f"wrote {result['path']}\n      " + "\n      ".join([result["figure"], *result["rankings_written"]]))
             return Path(result["path"])
         result = analyse([load_capture(path) for path in args.captures], args.out, args.metric, step, args.top_k,
-                         args.title, args.dpi, args.ylim, args.baseline)
+                         args.title, args.dpi, args.ylim, args.baseline, getattr(args, "score", None))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    when = ("mean over steps" if step is None else f"step {step}") + f", baseline {args.baseline}"
-    print(f"top-{result['top_k']} layers ({args.metric}, {when}): {', '.join(result['suggested'])}")
+    when = "mean over steps" if step is None else f"step {step}"
+    how = f"{args.metric}, {when}, baseline {args.baseline}" if result["finder"] == "contrast" else \
+        f"{result['finder']} finder, {result['score']}, {when}"
+    print(f"top-{result['top_k']} layers ({how}): {', '.join(result['suggested'])}")
     print(f"wrote {result['path']}\n      " + "\n      ".join(result["figures"]))
     return Path(result["path"])

@@ -1,5 +1,6 @@
-"""``cslg capture`` and the LayerExperiment scripts: step 1, the cosine similarity of prompt pairs per block and
-step, into a capture file."""
+"""``cslg capture`` and the LayerExperiment scripts: step 1, per block and step, the cosine similarity of prompt pairs
+(``--finder contrast``) or what skipping / patching the block does to the positive prompt's prediction (``ablation``,
+``patching``), into a capture file."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..options import COMPARED, SITES, TRAJECTORIES
+from ..options import COMPARED, FINDERS, SITES, TRAJECTORIES
 from ..prompts import load_pairs
 from .common import (
     add_image_args,
@@ -38,9 +39,18 @@ def configure(p: argparse.ArgumentParser, **overrides) -> argparse.ArgumentParse
     add_image_args(p, d, "denoising steps (fixed for every pair)")
     p.add_argument("--seed", type=int, default=d["seed"], help="noise seed, the same for both prompts of a pair")
     p.add_argument("--guidance", type=float, default=d["guidance"], help=d["guidance_help"])
-    p.add_argument("--trajectory", choices=TRAJECTORIES, default=d["trajectory"],
-                   help="independent: each prompt its own trajectory from the same noise (paper); "
-                        "shared: both prompts on the first prompt's trajectory")
+    p.add_argument("--finder", choices=FINDERS, default=d.get("finder", "contrast"),
+                   help="contrast: cosine of the two prompts' activations per block; ablation: each block skipped in "
+                        "the positive prompt's pass along the negative prompt's trajectory (upstream's search); "
+                        "patching: each block's image-token output taken from the negative prompt's pass")
+    p.add_argument("--max-lanes", type=int, default=None,
+                   help="ablation / patching: at most this many passes in one forward (default: from the free GPU "
+                        "memory; no cap on CPU)")
+    p.add_argument("--trajectory", choices=TRAJECTORIES, default=None,
+                   help=f"contrast: independent, each prompt its own trajectory from the same noise (paper); shared, "
+                        f"both prompts on the first prompt's trajectory (default: {d['trajectory']}; ablation and "
+                        "patching: shared, the only one they take)")
+    p.set_defaults(default_trajectory=d["trajectory"])
     p.add_argument("--site", choices=SITES, default=d.get("site", "block"),
                    help="block: each block's image-token output (residual stream); attn: its image-token attention "
                         "output before gating and residual (the paper's measurement point)")
@@ -63,12 +73,24 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, family: str |
     """Validate the flags, load the model and pairs, capture, and print where the file is."""
     from ..capture import CaptureConfig, resolve_steps, run_capture
     from ..io import LockedError
+    from ..capture.finders import check_finder_settings
     from ..families import LayerError, adapter_for
 
     require_positive(args, "pairs", "steps", "height", "width", "max_sequence_length")
     check_numbers(args, {"guidance": (0, None)})
+    if args.max_lanes is not None and args.max_lanes < 2:
+        raise SystemExit(f"--max-lanes must be at least 2, got {args.max_lanes}")
     if args.preset == "paper":
+        if args.finder != "contrast":
+            raise SystemExit(f"--preset paper: upstream's contrastive capture; it does not apply to "
+                             f"--finder {args.finder}")
         args.site, args.compare, args.trajectory = "attn", "all", "independent"
+    if args.trajectory is None:
+        args.trajectory = getattr(args, "default_trajectory", "independent") if args.finder == "contrast" else "shared"
+    try:
+        check_finder_settings(args.finder, args.trajectory, args.site, args.compare, args.save_activations.strip())
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     check_seeds([args.seed], "--seed")
     pairs = prompts_from_args(load_pairs, args, args.pairs)
     out = Path(args.out)
@@ -92,14 +114,14 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser, family: str |
         model=args.model, prompts_file=str(args.prompts), pairs=len(pairs), steps=args.steps, seed=args.seed,
         height=args.height, width=args.width, guidance=args.guidance, max_sequence_length=args.max_sequence_length,
         trajectory=args.trajectory, site=args.site, compare=args.compare, save_layers=tuple(save_layers),
-        save_steps=save_steps,
+        save_steps=save_steps, finder=args.finder,
     )
     start = time.perf_counter()
     try:
-        out = run_capture(adapter, pairs, config, args.out, force=args.force)
+        out = run_capture(adapter, pairs, config, args.out, force=args.force, max_lanes=args.max_lanes)
     except (ValueError, LockedError) as e:
         raise SystemExit(f"error: {e}") from None
-    print(f"captured {len(pairs)} pairs x {args.steps} steps x {len(adapter.blocks)} layers "
+    print(f"captured ({args.finder}) {len(pairs)} pairs x {args.steps} steps x {len(adapter.blocks)} layers "
           f"in {time.perf_counter() - start:.1f}s -> {out}")
     print(f"inspect with: cslg inspect {out}")
     return out

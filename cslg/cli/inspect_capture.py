@@ -17,19 +17,22 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 @one_line_errors
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    from ..analysis import per_pair_scores, rank_layers
+    from ..analysis import rank_captures
     from ..capture import load_capture
 
     if args.top_k < 1:
         parser.error(f"--top-k must be at least 1, got {args.top_k}")
     try:
         cap = load_capture(args.file)
-        names = cap.layer_names
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     print(f"{cap.path}")
     print("tensors:")
     print(f"  cosine             {tuple(cap.cosine.shape)} {cap.cosine.dtype}  [pairs, steps, layers]")
+    for name in ("distance", "reference_distance", "reference_cosine"):
+        t = getattr(cap, name)
+        if t is not None:
+            print(f"  {name:<18} {tuple(t.shape)} {t.dtype}  [pairs, steps{', layers' if t.ndim == 3 else ''}]")
     if cap.input_cosine is not None:
         print(f"  input_cosine       {tuple(cap.input_cosine.shape)} {cap.input_cosine.dtype}  [pairs, steps]")
     for name, t in cap.activations.items():
@@ -42,6 +45,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
         if key in LONG_KEYS:
             value = f"{len(value)} entries: {value[:3]}{' ...' if len(value) > 3 else ''}"
         print(f"  {key}: {value}")
-    ranking = rank_layers(per_pair_scores(cap.cosine, baseline=cap.input_cosine), names)
     baseline = "input" if cap.input_cosine is not None else "one"
-    print(f"top layers (first difference, mean over steps, baseline {baseline}): {', '.join(ranking.top(args.top_k))}")
+    ranking, score = rank_captures([cap], baseline=baseline)
+    how = f"first difference, mean over steps, baseline {baseline}" if cap.finder == "contrast" else \
+        f"{cap.finder} finder, {score}, mean over steps"
+    print(f"top layers ({how}): {', '.join(ranking.top(args.top_k))}")

@@ -6,7 +6,10 @@ A pass (``cslg.guidance.passes.Pass``) is a conditioning, a latent and a set of 
 ``identity_attention`` (in that block, image queries attend only to themselves among the image keys). Passes that
 agree up to a block share one batch row ("lane") up to there; a lane is split where its passes disagree about any
 perturbation. So an SLG/CSLG step costs ``2 + (fraction of blocks after the first perturbed one)`` block-passes
-instead of 3. Family specifics (embedding, block calls, un-embedding) come from the model adapter.
+instead of 3. A pass may also take a block's image-token output from another pass of the same forward
+(``PatchFrom``, activation patching). ``max_lanes`` caps the lanes of one forward: more passes run in several
+forwards (each repeats the shared prefix of its own passes). Family specifics (embedding, block calls, un-embedding)
+come from the model adapter.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_la
 from ..families.base import Adapter
 from ..families.layout import Conditioning, Streams
 from .attention import AttentionControl, AttentionSink
-from .passes import IDENTITY_ATTENTION, SKIP, Pass
+from .passes import IDENTITY_ATTENTION, SKIP, Pass, PatchFrom
 
 INPUT = "input"  # what a block observer is called with for the streams entering the first block
 
@@ -31,10 +34,14 @@ BlockObserver = Callable[[str, Streams, Mapping[str, int]], None]
 
 
 class Executor:
-    """Runs named passes through the blocks of ``adapter``'s transformer with shared prefixes."""
+    """Runs named passes through the blocks of ``adapter``'s transformer with shared prefixes, at most ``max_lanes``
+    passes per forward (``None``: all in one)."""
 
-    def __init__(self, adapter: Adapter):
+    def __init__(self, adapter: Adapter, max_lanes: int | None = None):
+        if max_lanes is not None and (isinstance(max_lanes, bool) or not isinstance(max_lanes, int) or max_lanes < 2):
+            raise ValueError(f"max_lanes: expected an integer of at least 2 or None, got {max_lanes!r}")
         self.adapter = adapter
+        self.max_lanes = max_lanes
         self._control: AttentionControl | None = None
 
     @contextmanager
@@ -68,13 +75,27 @@ class Executor:
         ``conditions``: the names of ``cond``'s rows. ``record``: ``(layers, pass names, sink)`` whose image-query
         attention is recorded. ``observe(layer, streams, lane of each pass)`` runs before the first block (``layer = INPUT``) and after every block.
         """
+        _check_patches(passes)
+        chunks = _chunks(passes, self.max_lanes)
+        if len(chunks) > 1 and (record is not None or observe is not None):
+            raise ValueError(f"max_lanes {self.max_lanes}: {len(passes)} passes that are observed or recorded must run "
+                             "in one forward; raise max_lanes")
+        out: dict[str, torch.Tensor] = {}
+        for names in chunks:
+            preds = self._predict_chunk(latents, t, cond, conditions, {n: passes[n] for n in names}, extras,
+                                        attention_kwargs, record, observe)
+            out.update({n: v for n, v in preds.items() if n not in out})
+        return {n: out[n] for n in passes}
+
+    def _predict_chunk(self, latents, t, cond, conditions, passes, extras, attention_kwargs, record, observe):
         a = self.adapter
         hooked = {layer for p in passes.values() for layer, kind in p.perturb if kind == IDENTITY_ATTENTION}
         if record is not None:
             hooked |= set(record[0])
         if hooked and (self._control is None or not hooked <= set(self._control.calls)):
             with self.attention(sorted(hooked)):
-                return self.predict(latents, t, cond, conditions, passes, extras, attention_kwargs, record, observe)
+                return self._predict_chunk(latents, t, cond, conditions, passes, extras, attention_kwargs, record,
+                                           observe)
         if hook := getattr(a.transformer, "_hf_hook", None):  # model CPU offload: bring the weights over
             hook.pre_forward(a.transformer)
         attention_kwargs = dict(attention_kwargs or {})
@@ -106,9 +127,14 @@ class Executor:
                 streams = streams.select(origin)
                 lane_kw, post_kw = _index(lane_kw, origin), _index(post_kw, origin)
             groups: dict[str | None, list[int]] = defaultdict(list)
+            patched: list[tuple[int, str]] = []  # (lane, source pass): computed as is, then the image tokens replaced
             for lane in range(len(origin)):
                 members = [n for n in names if lane_of[n] == lane]
-                groups[passes[members[0]].at(layer) if members else None].append(lane)
+                kind = passes[members[0]].at(layer) if members else None
+                if isinstance(kind, PatchFrom):
+                    patched.append((lane, kind.source))
+                    kind = None
+                groups[kind].append(lane)
             for kind, lanes in groups.items():
                 if kind == SKIP:
                     continue
@@ -127,6 +153,11 @@ class Executor:
                     out = a.call_block(block._call_impl if intercepted else block, convention, part,
                                        lane_kw if every else _index(lane_kw, idx), shared_kw)
                 streams = out if every else streams.put(idx, out)
+            if patched:
+                device = streams.image.device
+                into = torch.tensor([lane for lane, _ in patched], device=device)
+                source = torch.tensor([lane_of[name] for _, name in patched], device=device)
+                streams = Streams(streams.image.index_copy(0, into, streams.image[source]), streams.text)
             if observe is not None:
                 observe(layer, streams, lane_of)
         final = [lane_of[n] for n in names]
@@ -147,6 +178,39 @@ def _split(lane_of: dict[str, int], passes: Mapping[str, Pass], layer: str, n_la
                 if passes[n].at(layer) == kind:
                     lane_of[n] = len(origin) - 1
     return origin
+
+
+def _check_patches(passes: Mapping[str, Pass]) -> None:
+    """Every patch source is a pass of the call, computed as is at the patched block."""
+    for name, p in passes.items():
+        for layer, kind in p.perturb:
+            if not isinstance(kind, PatchFrom):
+                continue
+            if kind.source not in passes:
+                raise ValueError(f"pass {name!r} takes block {layer}'s output from {kind.source!r}, which is not a "
+                                 f"pass of this forward ({', '.join(passes)})")
+            if passes[kind.source].at(layer) is not None:
+                raise ValueError(f"pass {name!r} takes block {layer}'s output from {kind.source!r}, which perturbs "
+                                 "that block itself")
+
+
+def _chunks(passes: Mapping[str, Pass], max_lanes: int | None) -> list[list[str]]:
+    """The passes in groups of at most ``max_lanes`` (each with the sources it patches from), in order."""
+    names = list(passes)
+    if max_lanes is None or len(names) <= max_lanes:
+        return [names]
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    for name in names:
+        grown = list(dict.fromkeys(current + sorted(passes[name].patch_sources()) + [name]))
+        if len(grown) > max_lanes and current:
+            chunks.append(current)
+            grown = list(dict.fromkeys(sorted(passes[name].patch_sources()) + [name]))
+        if len(grown) > max_lanes:
+            raise ValueError(f"max_lanes {max_lanes}: pass {name!r} needs {len(grown)} lanes with the passes it "
+                             "patches from")
+        current = grown
+    return chunks + [current]
 
 
 def _index(tensors: dict[str, Any], lanes) -> dict[str, Any]:

@@ -94,17 +94,21 @@ def denoise(
     attention_kwargs: dict[str, Any] | None = None,
     progress: bool = False,
     callback: StepCallback | None = None,
+    predictions: Callable[[int, dict[str, torch.Tensor]], None] | None = None,
+    max_lanes: int | None = None,
 ) -> torch.Tensor:
     """Run the sampler from ``latents`` (default: ``run.latents``) over ``run.timesteps``.
 
-    At step ``i`` the method's passes run in one branched forward and are combined into one prediction per
-    latent; the pipeline's scheduler takes the step. ``observe(i)`` may return a block observer for step ``i``;
-    ``callback(i, t, latents)`` runs after the step and may return latents to continue from.
+    At step ``i`` the method's passes run in one branched forward (``max_lanes``: at most that many passes per
+    forward) and are combined into one prediction per latent; the pipeline's scheduler takes the step.
+    ``observe(i)`` may return a block observer for step ``i``; ``predictions(i, preds)`` sees every pass's
+    prediction of step ``i``; ``callback(i, t, latents)`` runs after the step and may return latents to continue
+    from.
     """
     check_transformer(adapter)
     method = method.bind(adapter)
     scheduler = adapter.pipe.scheduler
-    executor = Executor(adapter)
+    executor = Executor(adapter, max_lanes)
     latents = run.latents if latents is None else latents
     n = len(run.timesteps)
     layout = adapter.layout(latents, run.extras)
@@ -126,6 +130,8 @@ def denoise(
                 record=(recorded[0], recorded[1], sink) if recorded else None,
                 observe=observe(i) if observe else None,
             )
+            if predictions is not None:
+                predictions(i, preds)
             if sink is not None:
                 step = replace(step, attention=sink.take())
             latents = scheduler.step(method.combine(preds, step), t, latents, return_dict=False)[0]

@@ -107,7 +107,10 @@ PROMPTS = [["a wall", "a wall that says 'HI'"], ["a cup", "a cup that says 'OK'"
 
 
 def _capture(path, cosine, prompts=PROMPTS, **meta):
-    save_capture(path, {"cosine": cosine, "input_cosine": torch.ones(cosine.shape[:2])},
+    causal = {} if meta.get("finder", "contrast") == "contrast" else {  # the causal finders' measures
+        "distance": 1 - cosine, "reference_distance": torch.ones(cosine.shape[:2]),
+        "reference_cosine": torch.ones(cosine.shape[:2])}
+    save_capture(path, {"cosine": cosine, "input_cosine": torch.ones(cosine.shape[:2]), **causal},
                  {"model": "org/Tiny-Model", "family": "sd3", "layer_names": [str(i) for i in range(cosine.shape[-1])],
                   "steps": cosine.shape[1], "prompts": prompts, "block_groups": [["joint blocks", 0]], **meta})
     return path
