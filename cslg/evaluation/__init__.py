@@ -121,7 +121,9 @@ def evaluate(
     (a scorer name stands for its first column, ``ocr`` for ocr_similarity) for the trade-off plot;
     ``scale_param``: the param drawn as the guidance scale (default: each method's own)."""
     engines = engine_list(engine) if engine is not None and engine != [] else []
-    names = _check_scorers(scorers, models, tradeoff, bool(engines))
+    _check_scorers(scorers, models, tradeoff, bool(engines))
+    if not engines and not scorers:
+        raise ValueError("nothing to score: give an OCR engine or scorers")
     out_dir, base_dir = Path(out_dir), Path(base_dir)
     if engines:
         rows = ocr_images(records, base_dir, out_dir / PER_IMAGE_CSV, engines, force=force)
@@ -157,8 +159,8 @@ def evaluate(
         result.notes.append(f"no paired comparison: the baseline method {baseline!r} is not in the run (--baseline)")
     _optional(files, "paired", out_dir / PAIRED_CSV, (lambda p: write_csv(p, result.paired)) if result.paired else None)
 
-    plotted = ([ "ocr_similarity"] if engines else []) + [o.columns[0] for o in outcomes
-                                                          if not o.set_level and o.columns[0] in columns] + set_level
+    plotted = (["ocr_similarity"] if engines else []) + [o.columns[0] for o in outcomes
+                                                         if not o.set_level and o.columns[0] in columns] + set_level
     for stale in out_dir.glob("scale_*.png"):
         stale.unlink()
     for measure in plotted:
@@ -168,7 +170,8 @@ def evaluate(
     if tradeoff:
         x, y = (_measure(name, outcomes) for name in tradeoff)
         path = out_dir / f"tradeoff_{_file_part(x)}_vs_{_file_part(y)}.png"
-        if x in plotted and y in plotted and plot_tradeoff(result.summary, x, y, path, scale_param):
+        available = {*columns, *set_level, *(OCR_METRICS if engines else ())}
+        if x in available and y in available and plot_tradeoff(result.summary, x, y, path, scale_param):
             files["tradeoff"] = path
         else:
             path.unlink(missing_ok=True)
@@ -177,8 +180,8 @@ def evaluate(
 
 
 def _check_scorers(scorers: Sequence[str | Scorer], models: dict | None, tradeoff: Sequence[str] | None,
-                   ocr: bool) -> list[str]:
-    """The scorers' names, after checking every argument that names scorers (one-line ``ValueError``)."""
+                   ocr: bool) -> None:
+    """Check every argument that names scorers (one-line ``ValueError`` / ``TypeError``)."""
     if isinstance(scorers, (str, Scorer)):
         raise TypeError("scorers must be a list of scorer names or Scorer instances")
     names = []
@@ -203,7 +206,6 @@ def _check_scorers(scorers: Sequence[str | Scorer], models: dict | None, tradeof
             if name not in allowed and name.split(".")[0] not in names:
                 raise ValueError(f"tradeoff: {name!r} is not scored in this evaluation (scorers: "
                                  f"{', '.join(allowed) or 'none'})")
-    return names
 
 
 def _by_name(models: dict | None) -> dict[str, str]:
