@@ -23,3 +23,4 @@ LAYER_COMBINATIONS = ("given", "all")
 # step 4: OCR
 OCR_ENGINES = ("easyocr", "ppocr")
 ALL_ENGINES = "all"  # --engine all: every engine, and their agreement
+OCR_SCORER = "ocr"  # the --scorers name of the OCR engines, beside the scorers of cslg.scorers

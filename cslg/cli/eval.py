@@ -8,11 +8,10 @@ import sys
 from pathlib import Path
 
 from .. import scorers as scorer_registry
-from ..options import ALL_ENGINES, OCR_ENGINES
+from ..options import ALL_ENGINES, OCR_ENGINES, OCR_SCORER as OCR
 from .common import one_line_errors
 
 DEFAULTS = dict(engine="easyocr", bootstrap=1000, seed=0, out_subdir="eval", scorers=("ocr",), baseline="cfg")
-OCR = "ocr"  # the --scorers name of the OCR engines (--engine)
 
 
 def model_dest(name: str) -> str:

@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..io import image_problem
+from ..options import OCR_SCORER as OCR
 from ..scorers import Scorer, scorer_class
 from .metrics import OCR_METRICS
 from .ocr import OCREngine
@@ -74,7 +75,6 @@ AGREEMENT_CSV = "agreement.csv"
 METHODS_BAR_PNG = "methods_bar.png"
 HEATMAP_PNG = "heatmap_cfg_x_cslg.png"
 PAIRED_CSV = "paired.csv"
-OCR = "ocr"  # the scorer name that stands for the OCR engines
 
 
 @dataclass
