@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -47,6 +48,9 @@ def configure(p: argparse.ArgumentParser, **overrides) -> argparse.ArgumentParse
                                                                "available, else cpu)")
     scorers.add_argument("--scorer-batch-size", type=int, default=None, metavar="N",
                          help="images per scorer batch (default: each scorer's own)")
+    scorers.add_argument("--scorer-option", action="append", default=[], metavar="NAME.KEY=VALUE",
+                         help="a keyword option of a scorer (e.g. vlm-judge.feature=hands; VALUE read as JSON when "
+                              "it parses, else as text); may be repeated")
     scorers.add_argument("--reference", type=Path, metavar="DIR",
                          help="reference images of the set-level scorers (fid, kid), compared with each setting")
     scorers.add_argument("--baseline", default=d["baseline"], metavar="METHOD",
@@ -60,8 +64,9 @@ def configure(p: argparse.ArgumentParser, **overrides) -> argparse.ArgumentParse
     return p
 
 
-def _scorer_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> tuple[list[str], dict[str, str]]:
-    """The scorers besides OCR and their models; flags that would do nothing are errors."""
+def _scorer_args(args: argparse.Namespace,
+                 parser: argparse.ArgumentParser) -> tuple[list[str], dict[str, str], dict[str, dict]]:
+    """The scorers besides OCR, their models and options; flags that would do nothing are errors."""
     names = [name for name in dict.fromkeys(args.scorers) if name != OCR]
     models = {name: getattr(args, model_dest(name)) for name in scorer_registry.names()
               if getattr(args, model_dest(name), None) is not None}
@@ -85,7 +90,19 @@ def _scorer_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> t
         parser.error(f"{', '.join(set_level)} compare(s) each setting with reference images: give --reference DIR")
     if args.reference is not None and not set_level:
         parser.error("--reference goes with a set-level scorer (fid, kid) in --scorers")
-    return names, models
+    options: dict[str, dict] = {}
+    for text in args.scorer_option:
+        target, equals, value = text.partition("=")
+        name, _, key = target.partition(".")
+        if not equals or not key.isidentifier():
+            parser.error(f"--scorer-option {text!r}: expected NAME.KEY=VALUE (e.g. vlm-judge.feature=hands)")
+        if name not in names:
+            parser.error(f"--scorer-option {text!r}: {name} is not in --scorers")
+        try:
+            options.setdefault(name, {})[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options.setdefault(name, {})[key] = value
+    return names, models, options
 
 
 @one_line_errors
@@ -97,7 +114,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser):
         parser.error("--prompts goes with --images; a run folder's manifest already holds the prompts")
     if args.bootstrap < 0:
         parser.error("--bootstrap must be >= 0")
-    names, models = _scorer_args(args, parser)
+    names, models, options = _scorer_args(args, parser)
     from ..evaluation import (
         evaluate,
         format_summary,
@@ -119,7 +136,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser):
         result = evaluate(records, base_dir, out_dir, engines, n_bootstrap=args.bootstrap, seed=args.seed,
                           force=args.force, scorers=names, models=models, device=args.scorer_device,
                           batch_size=args.scorer_batch_size, reference=args.reference, baseline=args.baseline,
-                          tradeoff=args.tradeoff, scale_param=args.scale_param)
+                          tradeoff=args.tradeoff, scale_param=args.scale_param, options=options)
     except (FileNotFoundError, ImportError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     print(format_summary(result.summary, result.columns, result.set_level))

@@ -112,6 +112,7 @@ def evaluate(
     baseline: str = "cfg",
     tradeoff: Sequence[str] | None = None,
     scale_param: str | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
 ) -> EvalResult:
     """OCR, score and tabulate ``records`` (images relative to ``base_dir``) into ``out_dir``
     with one engine or several (a list: the first one's scores draw the heatmap; None: no OCR)
@@ -119,9 +120,10 @@ def evaluate(
     default model, or instances); set-level scorers compare each setting's images with the
     ``reference`` folder. ``baseline``: the method of paired.csv; ``tradeoff``: two measures
     (a scorer name stands for its first column, ``ocr`` for ocr_similarity) for the trade-off plot;
-    ``scale_param``: the param drawn as the guidance scale (default: each method's own)."""
+    ``scale_param``: the param drawn as the guidance scale (default: each method's own);
+    ``options``: scorer name -> keyword options of its constructor (e.g. ``{"vlm-judge": {"feature": "hands"}}``)."""
     engines = engine_list(engine) if engine is not None and engine != [] else []
-    _check_scorers(scorers, models, tradeoff, bool(engines))
+    _check_scorers(scorers, models, tradeoff, bool(engines), options)
     if not engines and not scorers:
         raise ValueError("nothing to score: give an OCR engine or scorers")
     out_dir, base_dir = Path(out_dir), Path(base_dir)
@@ -134,7 +136,8 @@ def evaluate(
         readable = [r for r in records if not image_problem(base_dir / r["image"])]
         hashes = {r["image"]: file_sha256(base_dir / r["image"]) for r in readable}
     outcomes = [run_scorer(s, records, base_dir, out_dir / SCORES_DIR, hashes, models=_by_name(models),
-                           device=device, batch_size=batch_size, reference=reference, force=force) for s in scorers]
+                           device=device, batch_size=batch_size, reference=reference, force=force,
+                           options=(options or {}).get(s if isinstance(s, str) else s.name)) for s in scorers]
     columns, set_values, set_level = _attach(rows, outcomes)
     result = EvalResult(rows, summarize(rows, n_bootstrap, seed, columns, set_values), {}, scores=outcomes,
                         columns=columns, set_level=set_level, problems=[o.problem for o in outcomes if o.problem])
@@ -180,7 +183,7 @@ def evaluate(
 
 
 def _check_scorers(scorers: Sequence[str | Scorer], models: dict | None, tradeoff: Sequence[str] | None,
-                   ocr: bool) -> None:
+                   ocr: bool, options: dict | None = None) -> None:
     """Check every argument that names scorers (one-line ``ValueError`` / ``TypeError``)."""
     if isinstance(scorers, (str, Scorer)):
         raise TypeError("scorers must be a list of scorer names or Scorer instances")
@@ -195,9 +198,15 @@ def _check_scorers(scorers: Sequence[str | Scorer], models: dict | None, tradeof
             raise TypeError(f"scorers: expected scorer names or Scorer instances, got {type(s).__name__}")
     if len(set(names)) < len(names):
         raise ValueError(f"scorers: {next(n for n in names if names.count(n) > 1)!r} is given twice")
-    unknown = [name for name in (models or {}) if name not in names]
-    if unknown:
-        raise ValueError(f"models: {unknown[0]!r} is not among the scorers ({', '.join(names) or 'none'})")
+    by_name = [s for s in scorers if isinstance(s, str)]
+    for what, given in (("models", models), ("options", options)):
+        unknown = [name for name in (given or {}) if name not in by_name]
+        if unknown:
+            raise ValueError(f"{what}: {unknown[0]!r} is not among the scorers given by name "
+                             f"({', '.join(by_name) or 'none'})")
+    for name, given in (options or {}).items():
+        if not isinstance(given, dict) or not all(isinstance(k, str) for k in given):
+            raise TypeError(f"options: {name!r} needs a dict of keyword options, got {type(given).__name__}")
     if tradeoff is not None:
         if isinstance(tradeoff, str) or len(tradeoff) != 2:
             raise ValueError(f"tradeoff: give two measures, got {tradeoff!r}")

@@ -8,7 +8,7 @@ run resumes. A scorer whose every image is cached is not even loaded.
 
 Set-level scorers (FID, KID): one value set per model, method and setting (the images of that group against the
 reference folder), cached in the same file under a ``group`` key that hashes the group's images, the reference
-folder's listing and the model.
+folder's listing (names, sizes, modification times) and the model.
 
 A scorer that cannot run (its model missing, its package absent) is reported in one line and skipped; the others
 still run.
@@ -98,31 +98,39 @@ def run_scorer(
     batch_size: int | None = None,
     reference: str | os.PathLike | None = None,
     force: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> ScorerOutcome:
     """Score ``records`` (those whose image has a hash in ``hashes``) with one scorer: a registered name (built on
-    ``device`` from ``models[name]`` or its default, only when something is left to score) or an instance."""
+    ``device`` from ``models[name]`` or its default with the keyword ``options``, only when something is left to
+    score) or an instance. The options are part of the cache key."""
     name = scorer.name if isinstance(scorer, Scorer) else scorer
     try:
         cls = type(scorer) if isinstance(scorer, Scorer) else scorer_class(name)
         model = scorer.model if isinstance(scorer, Scorer) else scorer_model(name, models)
     except ImportError as e:
         return ScorerOutcome(name, problem=f"{name}: cannot be imported ({e})")
-    outcome = ScorerOutcome(name, tuple(cls.columns) or (name,), cls.higher_is_better, set_level=issubclass(cls, SetScorer))
+    outcome = ScorerOutcome(name, tuple(cls.columns) or (name,), cls.higher_is_better,
+                            set_level=issubclass(cls, SetScorer))
     cache = ScoreCache(cache_dir, name)
+    # the model as the cache knows it: other options, other values
+    cache_model = f"{model} {json.dumps(options, sort_keys=True)}" if options else model
 
     def build() -> Scorer:
         if isinstance(scorer, Scorer):
             return scorer
-        options = {} if batch_size is None else {"batch_size": batch_size}
-        return cls(model=model, device=device, **options)
+        sizes = {} if batch_size is None else {"batch_size": batch_size}
+        try:
+            return cls(model=model, device=device, **sizes, **(options or {}))
+        except TypeError as e:  # an option the scorer does not take
+            raise ValueError(f"{name}: {e} (options: {', '.join(options or {}) or 'none'})") from None
 
     try:
         if outcome.set_level:
             if reference is None:
                 raise ValueError(f"{name}: a set-level scorer needs a reference folder (--reference DIR)")
-            _score_groups(outcome, build, cache, records, base_dir, hashes, model, Path(reference), force)
+            _score_groups(outcome, build, cache, records, base_dir, hashes, cache_model, Path(reference), force)
         else:
-            _score_images(outcome, build, cache, records, base_dir, hashes, model, force)
+            _score_images(outcome, build, cache, records, base_dir, hashes, cache_model, force)
     except (MissingModelError, ImportError, ValueError) as e:
         outcome.problem = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if not outcome.problem.startswith(f"{name}:"):
@@ -170,13 +178,15 @@ def group_key(record: dict) -> tuple[str, str, str]:
 
 
 def reference_listing(reference: Path) -> str:
-    """A hash of the reference folder's image files (relative names and sizes): the reference part of the key."""
+    """A hash of the reference folder's image files (relative names, sizes and modification times; hashing the
+    contents of tens of thousands of reference images on every evaluation would cost more than it saves): the
+    reference part of a set-level cache key."""
     if not reference.is_dir():
         raise ValueError(f"--reference {reference}: no such folder")
     files = sorted(p for p in reference.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise ValueError(f"--reference {reference}: holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    listing = [(p.relative_to(reference).as_posix(), p.stat().st_size) for p in files]
+    listing = [(p.relative_to(reference).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 

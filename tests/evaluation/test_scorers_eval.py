@@ -223,10 +223,10 @@ def test_set_level_scorer_per_setting_against_the_reference(tmp_path):
     assert [s["red-gap"] for s in result.summary] == [0.0, 0.0]
     again = evaluate(records, tmp_path / "run", tmp_path / "eval", scorers=[gap], reference=reference, n_bootstrap=0)
     assert gap.sets == 2 and again.summary[0]["red-gap"] == 0.0  # cached per group
-    Image.new("RGB", (32, 32), (200, 0, 0)).save(reference / "2.png")  # a changed reference: scored again
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(reference / "1.png")  # a changed reference: scored again
     changed = evaluate(records, tmp_path / "run", tmp_path / "eval", scorers=[gap], reference=reference,
                        n_bootstrap=0)
-    assert gap.sets == 4 and changed.summary[0]["red-gap"] == pytest.approx(abs(105 - 410 / 3), abs=1e-3)
+    assert gap.sets == 4 and changed.summary[0]["red-gap"] == pytest.approx(abs(105 - 150), abs=1e-3)
     missing = evaluate(records, tmp_path / "run", tmp_path / "eval", scorers=[gap], n_bootstrap=0)
     assert missing.problems == ["red-gap: a set-level scorer needs a reference folder (--reference DIR)"]
 
@@ -341,3 +341,41 @@ def test_cli_has_a_model_flag_for_every_registered_scorer(eval_script):
     parser = command.configure(argparse.ArgumentParser())
     flags = {option for action in parser._actions for option in action.option_strings}
     assert {f"--{name}-model" for name in cslg.scorers.names()} <= flags
+
+
+class Scaled(Red):
+    """``Red`` times a keyword option: a scorer with an option."""
+
+    name, columns = "scaled", ("scaled",)
+
+    def __init__(self, factor: float = 1.0, **kwargs):
+        self.factor = factor
+        super().__init__(**kwargs)
+
+    def score_batch(self, images, prompts):
+        return [self.factor * float(np.asarray(i)[..., 0].mean()) for i in images]
+
+
+def test_scorer_options_reach_the_constructor_and_the_cache_key(tmp_path, monkeypatch):
+    import cslg.scorers
+
+    monkeypatch.setitem(cslg.scorers.REGISTRY, "scaled", ("clip", "CLIPScore"))  # a registered name ...
+    monkeypatch.setattr(cslg.scorers, "scorer_class", lambda name: Scaled)  # ... whose class is Scaled
+    monkeypatch.setattr("cslg.evaluation.scores.scorer_class", lambda name: Scaled)
+    records = make_run(tmp_path / "run", red_value, CELLS[:1], seeds=(0,))
+    one = evaluate(records, tmp_path / "run", tmp_path / "eval", scorers=["scaled"], n_bootstrap=0)
+    two = evaluate(records, tmp_path / "run", tmp_path / "eval", scorers=["scaled"], n_bootstrap=0,
+                   options={"scaled": {"factor": 2.0}})
+    assert two.scores[0].scored == 2  # other options: not the cached values
+    assert [r["scaled"] for r in two.rows] == pytest.approx([2 * r["scaled"] for r in one.rows])
+    bad = evaluate(records, tmp_path / "run", tmp_path / "eval", scorers=["scaled"], n_bootstrap=0,
+                   options={"scaled": {"colour": 1}})
+    assert len(bad.problems) == 1 and bad.problems[0].startswith("scaled: ") and "colour" in bad.problems[0]
+
+
+def test_cli_scorer_option_needs_name_key_value(tmp_path, eval_script, capsys):
+    make_run(tmp_path / "run", red_value, CELLS[:1], seeds=(0,))
+    for flag, match in (("clip", "expected NAME.KEY=VALUE"), ("pickscore.x=1", "pickscore is not in --scorers")):
+        with pytest.raises(SystemExit) as caught:
+            eval_script.main(["--run", str(tmp_path / "run"), "--scorers", "clip", "--scorer-option", flag])
+        assert caught.value.code == 2 and match in capsys.readouterr().err
