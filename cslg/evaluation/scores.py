@@ -49,6 +49,25 @@ class ScorerOutcome:
     problem: str = ""
 
 
+class ImageFiles(Sequence):
+    """The images of ``paths``, each opened when it is indexed (a slice gives a list), so a set of tens of thousands
+    of images is never in memory at once."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike]):
+        self.paths = [Path(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        from PIL import Image
+
+        with Image.open(self.paths[index]) as image:
+            return image.copy()
+
+
 def file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -199,19 +218,14 @@ def _score_groups(outcome: ScorerOutcome, build: Callable[[], Scorer], cache: Sc
         if record["image"] in hashes:
             groups.setdefault(group_key(record), []).append(record)
     scorer = None
-    from PIL import Image
-
     for key, members in groups.items():
         images = sorted((r["image"], hashes[r["image"]]) for r in members)
         entry = {"group": hashlib.sha256(json.dumps([images, listing]).encode()).hexdigest(), "model": model}
         cached = None if force else cache.get(entry)
         if cached is None:
             scorer = scorer or build()
-            loaded = []
-            for record in members:
-                with Image.open(Path(base_dir) / record["image"]) as opened:
-                    loaded.append(opened.copy())
-            cached = {k: float(v) for k, v in scorer.score_set(loaded, reference).items()}
+            files = ImageFiles([Path(base_dir) / r["image"] for r in members])
+            cached = {k: float(v) for k, v in scorer.score_set(files, reference).items()}
             cache.add({**entry, "method": key[1], "setting": key[2]}, cached)
             outcome.scored += len(members)
         outcome.groups[key] = cached

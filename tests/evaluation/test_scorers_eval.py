@@ -49,6 +49,7 @@ class RedGap(SetScorer):
 
     def score_set(self, images, reference):
         self.sets += 1
+        assert not isinstance(images, list) and isinstance(images[0:2], list)  # opened as read, in slices
         refs = [Image.open(p) for p in sorted(Path(reference).glob("*.png"))]
         red = lambda imgs: np.mean([np.asarray(i.convert("RGB"))[..., 0].mean() for i in imgs])
         return {"red-gap": float(abs(red(images) - red(refs)))}
