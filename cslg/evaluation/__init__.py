@@ -59,7 +59,8 @@ from typing import Any, Sequence
 
 from ..io import image_problem
 from ..options import OCR_SCORER as OCR
-from ..scorers import Scorer, scorer_class
+from ..scorers import Scorer
+from ..scorers import names as scorer_names
 from .metrics import OCR_METRICS
 from .ocr import OCREngine
 from .plots import plot_against_scale, plot_heatmap, plot_methods, plot_tradeoff
@@ -154,7 +155,7 @@ def evaluate(
     first_engine = [row for row in rows if row["engine"] == engines[0].name] if engines else []
     _optional(files, "heatmap", out_dir / HEATMAP_PNG, lambda p: plot_heatmap(first_engine, p) and p)
 
-    higher = {c: o.higher_is_better for o in outcomes if not o.set_level for c in o.columns if c in columns}
+    higher = {c: o.higher_is_better for o in outcomes if not o.set_level and not o.problem for c in o.columns}
     measures = {"ocr_similarity": True, **higher} if engines else higher
     if any(r["method"] == baseline for r in rows):
         result.paired = paired(rows, measures, baseline, n_bootstrap, seed)
@@ -162,8 +163,8 @@ def evaluate(
         result.notes.append(f"no paired comparison: the baseline method {baseline!r} is not in the run (--baseline)")
     _optional(files, "paired", out_dir / PAIRED_CSV, (lambda p: write_csv(p, result.paired)) if result.paired else None)
 
-    plotted = (["ocr_similarity"] if engines else []) + [o.columns[0] for o in outcomes
-                                                         if not o.set_level and o.columns[0] in columns] + set_level
+    ran = [o for o in outcomes if not o.problem]
+    plotted = (["ocr_similarity"] if engines else []) + [o.columns[0] for o in ran if not o.set_level] + set_level
     for stale in out_dir.glob("scale_*.png"):
         stale.unlink()
     for measure in plotted:
@@ -171,7 +172,7 @@ def evaluate(
         if plot_against_scale(result.summary, measure, path, scale_param):
             files[f"scale_{measure}"] = path
     if tradeoff:
-        x, y = (_measure(name, outcomes) for name in tradeoff)
+        x, y = (_measure(name, ran) for name in tradeoff)
         path = out_dir / f"tradeoff_{_file_part(x)}_vs_{_file_part(y)}.png"
         available = {*columns, *set_level, *(OCR_METRICS if engines else ())}
         if x in available and y in available and plot_tradeoff(result.summary, x, y, path, scale_param):
@@ -192,7 +193,8 @@ def _check_scorers(scorers: Sequence[str | Scorer], models: dict | None, tradeof
         if isinstance(s, Scorer):
             names.append(s.name)
         elif isinstance(s, str):
-            scorer_class(s)  # unknown names raise here, listing the registered ones
+            if s not in scorer_names():  # not imported here: a scorer whose package is missing is reported later
+                raise ValueError(f"unknown scorer {s!r}; choose from {', '.join(scorer_names()) or '(none registered)'}")
             names.append(s)
         else:
             raise TypeError(f"scorers: expected scorer names or Scorer instances, got {type(s).__name__}")

@@ -236,8 +236,9 @@ def test_a_missing_model_is_one_line_and_the_others_still_run(tmp_path):
     records = make_run(tmp_path / "run", red_value, CELLS[:1], seeds=(0,))
     (tmp_path / "empty").mkdir()
     result = evaluate(records, tmp_path / "run", tmp_path / "eval", scorers=["clip", Red(device="cpu")],
-                      models={"clip": tmp_path / "empty"}, device="cpu", n_bootstrap=0)
+                      models={"clip": tmp_path / "empty"}, device="cpu", n_bootstrap=0, tradeoff=("clip", "red"))
     assert len(result.problems) == 1 and "\n" not in result.problems[0]
+    assert result.notes == ["no trade-off plot: no setting has both clip and red"]
     assert result.problems[0].startswith("clip: cannot load model") and "--clip-model" in result.problems[0]
     assert result.columns == ["red", "red.chars"] and all(r["red"] is not None for r in result.rows)
 
@@ -380,3 +381,14 @@ def test_cli_scorer_option_needs_name_key_value(tmp_path, eval_script, capsys):
         with pytest.raises(SystemExit) as caught:
             eval_script.main(["--run", str(tmp_path / "run"), "--scorers", "clip", "--scorer-option", flag])
         assert caught.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_a_scorer_whose_package_is_missing_is_one_line(tmp_path, monkeypatch):
+    import cslg.scorers
+
+    monkeypatch.setitem(cslg.scorers.REGISTRY, "absent", ("no_such_scorer_module", "Absent"))
+    records = make_run(tmp_path / "run", red_value, CELLS[:1], seeds=(0,))
+    result = evaluate(records, tmp_path / "run", tmp_path / "eval", scorers=["absent", Red(device="cpu")],
+                      n_bootstrap=0)
+    assert result.problems == ["absent: cannot be imported (No module named 'cslg.scorers.no_such_scorer_module')"]
+    assert result.columns == ["red", "red.chars"]
