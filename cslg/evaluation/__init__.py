@@ -163,24 +163,29 @@ def evaluate(
         result.notes.append(f"no paired comparison: the baseline method {baseline!r} is not in the run (--baseline)")
     _optional(files, "paired", out_dir / PAIRED_CSV, (lambda p: write_csv(p, result.paired)) if result.paired else None)
 
-    ran = [o for o in outcomes if not o.problem]
-    plotted = (["ocr_similarity"] if engines else []) + [o.columns[0] for o in ran if not o.set_level] + set_level
-    for stale in out_dir.glob("scale_*.png"):
+    _draw_measures(result, out_dir, bool(engines), tradeoff, scale_param)
+    return result
+
+
+def _draw_measures(result: EvalResult, out_dir: Path, ocr: bool, tradeoff: Sequence[str] | None,
+                   scale_param: str | None) -> None:
+    """The scale plots of every measure and the trade-off plot; stale ones from an earlier evaluation are removed."""
+    for stale in [*out_dir.glob("scale_*.png"), *out_dir.glob("tradeoff_*.png")]:
         stale.unlink()
+    ran = [o for o in result.scores if not o.problem]
+    plotted = (["ocr_similarity"] if ocr else []) + [o.columns[0] for o in ran if not o.set_level] + result.set_level
     for measure in plotted:
         path = out_dir / f"scale_{_file_part(measure)}.png"
         if plot_against_scale(result.summary, measure, path, scale_param):
-            files[f"scale_{measure}"] = path
+            result.files[f"scale_{measure}"] = path
     if tradeoff:
         x, y = (_measure(name, ran) for name in tradeoff)
         path = out_dir / f"tradeoff_{_file_part(x)}_vs_{_file_part(y)}.png"
-        available = {*columns, *set_level, *(OCR_METRICS if engines else ())}
+        available = {*result.columns, *result.set_level, *(OCR_METRICS if ocr else ())}
         if x in available and y in available and plot_tradeoff(result.summary, x, y, path, scale_param):
-            files["tradeoff"] = path
+            result.files["tradeoff"] = path
         else:
-            path.unlink(missing_ok=True)
             result.notes.append(f"no trade-off plot: no setting has both {x} and {y}")
-    return result
 
 
 def _check_scorers(scorers: Sequence[str | Scorer], models: dict | None, tradeoff: Sequence[str] | None,

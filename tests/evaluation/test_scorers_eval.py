@@ -5,7 +5,6 @@ flags derived from the registry and its exit status when a scorer cannot run."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,7 +19,8 @@ from cslg.io import append_jsonl
 from cslg.scorers import Scorer, SetScorer
 from cslg.scorers.clip import CLIPScore
 
-ROOT = Path(__file__).resolve().parents[2]
+from .test_eval import FakeEngine, eval_script  # noqa: F401  (eval_script: the eval.py fixture)
+
 PROMPTS = ["a red book and a gold clock", "a hand holding a cup"]
 
 
@@ -156,8 +156,6 @@ def test_only_new_scorers_and_changed_images_are_scored(tmp_path):
 
 
 def test_scorer_values_join_the_ocr_rows_of_each_engine(tmp_path):
-    from tests.evaluation.test_eval import FakeEngine
-
     records = make_run(tmp_path / "run", red_value, CELLS[:1], seeds=(0,))
     for record in records:
         record["expected_text"] = ["HELLO"]
@@ -289,14 +287,6 @@ def test_bad_scorer_arguments(tmp_path, scorers, kwargs, error, match):
 
 
 # --------------------------------------------------------------------------- command line
-
-
-@pytest.fixture(scope="module")
-def eval_script():
-    spec = importlib.util.spec_from_file_location("eval_script", ROOT / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_cli_scores_like_the_api(tmp_path, eval_script, tiny_clip, capsys):
