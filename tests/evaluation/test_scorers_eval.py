@@ -382,3 +382,17 @@ def test_a_scorer_whose_package_is_missing_is_one_line(tmp_path, monkeypatch):
                       n_bootstrap=0)
     assert result.problems == ["absent: cannot be imported (No module named 'cslg.scorers.no_such_scorer_module')"]
     assert result.columns == ["red", "red.chars"]
+
+
+def test_paired_ocr_similarity_engine_by_engine(tmp_path):
+    records = make_run(tmp_path / "run", red_value, [CELLS[1], CELLS[2]], seeds=(0,))
+    for record in records:
+        record["expected_text"] = ["HELLO"]
+    read = {"one": {"cfg": "HELLX", "cslg": "HELLO"}, "two": {"cfg": "HELLO", "cslg": "HELLO"}}
+    engines = [FakeEngine(name, reply=lambda p, name=name: read[name][Path(p).parent.name]) for name in read]
+    result = evaluate(records, tmp_path / "run", tmp_path / "eval", engines, scorers=[Red(device="cpu")],
+                      n_bootstrap=0)
+    ocr = [(r["engine"], r["n_pairs"], r["win_rate"], round(r["mean_diff"], 4)) for r in result.paired
+           if r["measure"] == "ocr_similarity"]
+    assert ocr == [("one", 2, 1.0, 0.2), ("two", 2, 0.5, 0.0)]  # SequenceMatcher("HELLX", "HELLO") = 0.8
+    assert [r["engine"] for r in result.paired if r["measure"] == "red"] == ["one"]  # scorer columns: once
