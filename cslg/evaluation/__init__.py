@@ -40,6 +40,8 @@ scorer) and writes to its output folder:
 - ``tradeoff_<x>_vs_<y>.png``: for ``tradeoff=(x, y)``, y against x with one curve per method
   across its scales.
 - ``scores/<scorer>.jsonl``: the scorers' cache (``cslg.evaluation.scores``).
+- ``eval.json``: what scored the images: the OCR engines, each scorer's model, options, citation and
+  problem, the reference folder, the baseline, the bootstrap settings and the library versions.
 
 OCR is resumable, engine by engine: an image that already has an error-free row from the same
 engine in ``per_image.csv`` keeps its OCR text (metrics are recomputed) unless ``force``; the
@@ -57,8 +59,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..io import image_problem
+from ..io import atomic_write_json, image_problem
 from ..options import OCR_SCORER as OCR
+from ..provenance import versions
 from ..scorers import Scorer
 from ..scorers import names as scorer_names
 from .metrics import OCR_METRICS
@@ -76,6 +79,7 @@ AGREEMENT_CSV = "agreement.csv"
 METHODS_BAR_PNG = "methods_bar.png"
 HEATMAP_PNG = "heatmap_cfg_x_cslg.png"
 PAIRED_CSV = "paired.csv"
+EVAL_JSON = "eval.json"
 
 
 @dataclass
@@ -145,6 +149,12 @@ def evaluate(
     files = result.files
     files["per_image"] = write_csv(out_dir / PER_IMAGE_CSV, rows, per_image_columns(records, bool(engines), columns))
     files["summary"] = write_csv(out_dir / SUMMARY_CSV, result.summary)
+    files["eval"] = atomic_write_json(out_dir / EVAL_JSON, {
+        "ocr_engines": [e.name for e in engines],
+        "scorers": [{"name": o.name, "model": o.model, "options": o.options, "citation": o.citation,
+                     "set_level": o.set_level, "scored_now": o.scored, "problem": o.problem} for o in outcomes],
+        "reference": str(reference) if reference is not None else None,
+        "baseline": baseline, "n_bootstrap": n_bootstrap, "bootstrap_seed": seed, "versions": versions()})
     _optional(files, "per_prompt", out_dir / PER_PROMPT_CSV,
               (lambda p: write_csv(p, per_prompt(rows))) if engines else None)
     _optional(files, "methods_bar", out_dir / METHODS_BAR_PNG,

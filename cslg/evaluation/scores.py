@@ -37,7 +37,7 @@ SCORES_DIR = "scores"
 class ScorerOutcome:
     """What one scorer gave: per-image ``values`` (image -> column -> value) or set-level ``groups`` ((model,
     method, setting) -> key -> value), how many were freshly scored, and ``problem`` (one line) when it could not
-    run."""
+    run; ``model`` and ``options`` as it ran."""
 
     name: str
     columns: tuple[str, ...] = ()
@@ -47,6 +47,9 @@ class ScorerOutcome:
     set_level: bool = False
     scored: int = 0
     problem: str = ""
+    model: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    citation: str = ""
 
 
 class ImageFiles(Sequence):
@@ -129,7 +132,8 @@ def run_scorer(
     except ImportError as e:
         return ScorerOutcome(name, problem=f"{name}: cannot be imported ({e})")
     outcome = ScorerOutcome(name, tuple(cls.columns) or (name,), cls.higher_is_better,
-                            set_level=issubclass(cls, SetScorer))
+                            set_level=issubclass(cls, SetScorer), model=model, options=dict(options or {}),
+                            citation=cls.citation)
     cache = ScoreCache(cache_dir, name)
     # the model as the cache knows it: other options, other values
     cache_model = f"{model} {json.dumps(options, sort_keys=True)}" if options else model

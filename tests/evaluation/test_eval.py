@@ -123,7 +123,7 @@ def test_end_to_end_with_easyocr_then_resume(tmp_path, eval_script):
 
     out = run / "eval"
     assert {p.name for p in out.iterdir()} == {"per_image.csv", "summary.csv", "per_prompt.csv", "methods_bar.png",
-                                             "paired.csv"}
+                                             "paired.csv", "eval.json"}
     assert result.files["summary"] == out / "summary.csv"
     per_image = read_csv(out / "per_image.csv")
     assert len(per_image) == 8

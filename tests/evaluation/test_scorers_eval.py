@@ -239,6 +239,10 @@ def test_a_missing_model_is_one_line_and_the_others_still_run(tmp_path):
     assert result.notes == ["no trade-off plot: no setting has both clip and red"]
     assert result.problems[0].startswith("clip: cannot load model") and "--clip-model" in result.problems[0]
     assert result.columns == ["red", "red.chars"] and all(r["red"] is not None for r in result.rows)
+    recorded = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert [(s["name"], s["model"], s["problem"] != "") for s in recorded["scorers"]] == [
+        ("clip", str(tmp_path / "empty"), True), ("red", "none", False)]
+    assert recorded["scorers"][0]["citation"].startswith("Hessel et al. 2021") and "torch" in recorded["versions"]
 
 
 def test_scale_plots_and_tradeoff(tmp_path):
