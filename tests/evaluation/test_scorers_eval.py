@@ -189,7 +189,13 @@ def test_paired_against_the_baseline_on_the_same_prompt_and_seed(tmp_path):
         assert row["higher_is_better"] == "True"
     # the prompt-length column: no difference, every pair a tie
     chars = [r for r in result.paired if r["measure"] == "red.chars"]
-    assert all(r["mean_diff"] == 0 and r["win_rate"] == 0.5 for r in chars)
+    assert len(chars) == 2 and all(r["mean_diff"] == 0 and r["win_rate"] == 0.5 for r in chars)
+    # summary: every column's mean and bootstrap CI over its setting's values
+    first = [r for r in result.rows if r["method"] == "cfg" and r["setting"] == "cfg_scale=5.0"]
+    for column in ("red", "red.chars"):
+        stats = bootstrap_ci([r[column] for r in first], 500, 0)
+        assert [result.summary[0][f"{column}_{s}"] for s in ("mean", "lo", "hi")] == pytest.approx(stats, abs=1e-4)
+    assert result.summary[0]["red.chars_mean"] == pytest.approx(np.mean([len(p) for p in PROMPTS]))
 
 
 def test_lower_is_better_flips_the_win_and_a_missing_baseline_is_a_note(tmp_path):
