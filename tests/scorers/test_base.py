@@ -69,7 +69,9 @@ def test_rgb_scales_16_bit_images():
     sixteen = Image.fromarray(values)
     assert sixteen.mode == "I;16"
     out = np.asarray(rgb(sixteen))[..., 0]
-    assert out.tolist() == [[0, 255], [128, 1]]  # a dark 16-bit pixel stays dark
+    assert out.tolist() == [[0, 255], [128, 1]]
+    dark = Image.fromarray(np.full((2, 2), 200, np.uint16))  # a dark 16-bit image stays dark
+    assert np.asarray(rgb(dark))[0, 0].tolist() == [1, 1, 1]
     wide = Image.fromarray(np.array([[0, 255], [128, 10]], np.int32))  # 8-bit data in a 32-bit mode
     assert np.asarray(rgb(wide))[..., 0].tolist() == [[0, 255], [128, 10]]
 
