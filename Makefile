@@ -55,7 +55,9 @@ demo: install
 	$(PY) -m cslg.evaluation.known_text --limit 5 --out $(DEMO_OUT)/ocr_check
 	$(PY) eval.py --images $(DEMO_OUT)/ocr_check --prompts prompt_datasets/text_eval_prompts.json
 	$(PY) eval.py --run $(DEMO_OUT)/flux_run
-	$(PY) eval.py --run $(DEMO_OUT)/sd35_run
+	@echo "== scorers on tiny random weights (their values exercise the code): CLIP score next to OCR, paired.csv against cfg, scale and trade-off plots =="
+	$(PY) -m cslg.scorers.tiny --out $(DEMO_OUT)/tiny_scorers clip > $(DEMO_OUT)/tiny_scorer_flags
+	$(PY) eval.py --run $(DEMO_OUT)/sd35_run --scorers ocr clip $$(cat $(DEMO_OUT)/tiny_scorer_flags) --tradeoff ocr clip
 	$(PY) -m cslg eval --run $(DEMO_OUT)/qwenimage_run
 	$(PY) -m cslg eval --run $(DEMO_OUT)/pixart-sigma_run
 	@echo "demo outputs: $(DEMO_OUT)/ (captures, *_analysis/layers.json and figures, *_run/contact_sheets, *_run/eval)"

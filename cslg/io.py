@@ -205,7 +205,8 @@ def image_problem(path: str | os.PathLike) -> str:
 
 
 def rgb(image: Any) -> Any:
-    """``image`` as 8-bit RGB (palette, alpha, 16-bit and greyscale modes converted; alpha composited on white)."""
+    """``image`` as 8-bit RGB (palette, alpha, 16-bit and greyscale modes converted; alpha composited on white;
+    16-bit values scaled by 255 / 65535)."""
     from PIL import Image
 
     if image.mode == "RGB":
@@ -214,7 +215,8 @@ def rgb(image: Any) -> Any:
         import numpy as np
 
         array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if array.max() > 255 else 255.0
+        # 16-bit modes span 0-65535; 32-bit "I" holds either range (8-bit data widened, or a 16-bit file)
+        top = 65535.0 if image.mode != "I" or array.max() > 255 else 255.0
         return Image.fromarray((array / top * 255).round().astype("uint8")).convert("RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")

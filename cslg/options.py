@@ -50,3 +50,4 @@ LAYER_VARIANTS = ("single", "joint", "uniform", "weighted")
 # step 4: OCR
 OCR_ENGINES = ("easyocr", "ppocr")
 ALL_ENGINES = "all"  # --engine all: every engine, and their agreement
+OCR_SCORER = "ocr"  # the --scorers name of the OCR engines, beside the scorers of cslg.scorers

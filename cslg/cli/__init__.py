@@ -17,7 +17,7 @@ COMMANDS = {
                            "patching) -> .safetensors"),
     "analyse": ("analyse", "step 2: rank the blocks -> layers.json and figures"),
     "grid": ("grid", "step 3: images of the guidance methods and their settings -> run folder"),
-    "eval": ("eval", "step 4: OCR scores of a run folder -> tables and plots"),
+    "eval": ("eval", "step 4: OCR and scorer scores of a run folder -> tables, paired comparisons, plots"),
     "inspect": ("inspect_capture", "what a capture file holds"),
     "paper": ("paper", "the paper's SD3 table (upstream protocol, OCR, upstream's means beside ours)"),
 }

@@ -1,4 +1,5 @@
-"""The figures of step 4: per-method bars with CIs and the CFG x CSLG scale heatmap."""
+"""The figures of step 4: per-method bars with CIs, the CFG x CSLG scale heatmap, each measure against each
+method's guidance scale, and the trade-off of two measures across the scales (S-CFG's FID-against-CLIP figure)."""
 
 from __future__ import annotations
 
@@ -87,3 +88,102 @@ def _as_float(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def summary_value(row: dict, measure: str) -> tuple[float, float, float]:
+    """``(mean, lo, hi)`` of ``measure`` in a summary row: a per-image measure's ``_mean`` / ``_lo`` / ``_hi``, a
+    set-level one's value (no CI); NaN where absent."""
+    if f"{measure}_mean" in row:
+        return tuple(_nan(row.get(f"{measure}_{stat}")) for stat in ("mean", "lo", "hi"))
+    return _nan(row.get(measure)), float("nan"), float("nan")
+
+
+def scale_lines(summary: Sequence[dict], scale_param: str | None = None) -> dict[str, list[tuple[float | None, dict]]]:
+    """The summary rows (the first engine's) as lines across the guidance scale: label -> ``[(scale, row)]`` sorted
+    by scale. A method's scale is ``scale_param`` when given, else the first of its params named ``scale`` or
+    ``*_scale`` that varies between its settings (``cfg_scale`` last), else such a param with one value; one line
+    per model, method and value of the other params that vary (e.g. the layers). A method without a scale param
+    gives each setting its own line of one point with scale None."""
+    first = [s for s in summary if s["engine"] == summary[0]["engine"]] if summary else []
+    methods: dict[tuple[str, str], list[dict]] = {}
+    for row in first:
+        methods.setdefault((row["model"], row["method"]), []).append(row)
+    several_models = len({model for model, _ in methods}) > 1
+    lines: dict[str, list[tuple[float | None, dict]]] = {}
+    for (model, method), rows in methods.items():
+        params = [{k[len("param."):]: v for k, v in r.items() if k.startswith("param.") and v is not None} for r in rows]
+        keys = list(dict.fromkeys(k for p in params for k in p))
+        varying = [k for k in keys if len({str(p.get(k)) for p in params}) > 1]
+        scales = [k for k in keys if k.rsplit(".", 1)[-1] == "scale" or k.endswith("_scale")]
+        if scale_param is not None:
+            scales = [k for k in scales + keys if k == scale_param][:1]
+        scales.sort(key=lambda k: (k not in varying, k.rsplit(".", 1)[-1] == "cfg_scale"))
+        scale = scales[0] if scales else None
+        prefix = f"{model}: " if several_models else ""
+        for p, row in zip(params, rows):
+            others = ", ".join(f"{k}={p.get(k)}" for k in varying if k != scale)
+            label = prefix + method + (f" [{scale}]" if scale else "") + (f" ({others})" if others else "")
+            if scale is None:
+                label = prefix + row["label"]
+            lines.setdefault(label, []).append((_as_float(p.get(scale)) if scale else None, row))
+    return {label: sorted(points, key=lambda point: (point[0] is None, point[0] or 0.0))
+            for label, points in lines.items()}
+
+
+def plot_against_scale(summary: Sequence[dict], measure: str, path: str | os.PathLike,
+                       scale_param: str | None = None) -> bool:
+    """``measure`` (mean and 95% CI) against each method's guidance scale, one line per ``scale_lines`` line;
+    drawn (returns True) when some line has two scales or more."""
+    lines = {label: [(x, row) for x, row in points if x is not None] for label, points in scale_lines(
+        summary, scale_param).items()}
+    lines = {label: points for label, points in lines.items() if points}
+    if not any(len(points) > 1 for points in lines.values()):
+        return False
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for label, points in lines.items():
+        x = [p[0] for p in points]
+        mean, lo, hi = np.array([summary_value(row, measure) for _, row in points]).T
+        err = np.nan_to_num(np.clip([mean - lo, hi - mean], 0, None))
+        ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, label=textwrap.shorten(label, 60))
+    ax.set_xlabel("guidance scale (each method's own, in brackets)")
+    ax.set_ylabel(f"{measure} (mean, 95% bootstrap CI)")
+    ax.legend(fontsize=7)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
+    return True
+
+
+def plot_tradeoff(summary: Sequence[dict], x_measure: str, y_measure: str, path: str | os.PathLike,
+                  scale_param: str | None = None) -> bool:
+    """``y_measure`` against ``x_measure``, one curve per ``scale_lines`` line through its scales (each point
+    marked with its scale), CIs as error bars in both directions; drawn (returns True) when some setting has both
+    values."""
+    fig = Figure(figsize=(7, 5), layout="constrained")
+    ax = fig.add_subplot()
+    drawn = False
+    for label, points in scale_lines(summary, scale_param).items():
+        values = np.array([summary_value(row, x_measure) + summary_value(row, y_measure) for _, row in points])
+        keep = ~np.isnan(values[:, 0]) & ~np.isnan(values[:, 3])
+        if not keep.any():
+            continue
+        drawn = True
+        (xm, xl, xh, ym, yl, yh), scales = values[keep].T, [p[0] for p, k in zip(points, keep) if k]
+        ax.errorbar(xm, ym, xerr=np.nan_to_num(np.clip([xm - xl, xh - xm], 0, None)),
+                    yerr=np.nan_to_num(np.clip([ym - yl, yh - ym], 0, None)), marker="o", capsize=2,
+                    label=textwrap.shorten(label, 60))
+        for x, y, scale in zip(xm, ym, scales):
+            if scale is not None:
+                ax.annotate(f"{scale:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    if not drawn:
+        return False
+    ax.set_xlabel(x_measure)
+    ax.set_ylabel(y_measure)
+    ax.set_title(f"{y_measure} against {x_measure} across the guidance scales (marked)", fontsize=10)
+    ax.legend(fontsize=7)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=150))
+    return True
+
+
+def _nan(value: Any) -> float:
+    number = _as_float(value)
+    return float("nan") if number is None else number

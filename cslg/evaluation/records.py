@@ -163,3 +163,8 @@ def flatten_params(params: dict, prefix: str = "") -> dict[str, Any]:
 def setting_params(flat_params: dict[str, Any]) -> dict[str, Any]:
     """The flattened params that define a setting: all but ``PER_IMAGE_PARAMS``, sorted by key."""
     return {k: v for k, v in sorted(flat_params.items()) if k.rsplit(".", 1)[-1] not in PER_IMAGE_PARAMS}
+
+
+def setting_text(flat_params: dict[str, Any]) -> str:
+    """The ``setting`` column of a per_image row: ``key=value`` of ``setting_params``, joined by commas."""
+    return ", ".join(f"{k}={v}" for k, v in setting_params(flat_params).items())

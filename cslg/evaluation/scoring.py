@@ -1,5 +1,5 @@
 """OCR of every record's image with one engine or several, resumable engine by engine from ``per_image.csv``, and
-the per-image rows with every OCR metric.
+the per-image rows with every OCR metric (or, without OCR, one row per image for the scorers' columns).
 
 A video's record (``strip_frames``: its image is a frame strip, ``cslg.video``) is read frame by frame: its
 ``ocr_text`` holds one line per frame of the strip and each metric is the mean over those frames."""
@@ -17,7 +17,7 @@ from ..io import image_problem
 from ..video import strip_frames
 from .metrics import OCR_METRICS, score
 from .ocr import OCREngine
-from .records import expected_text, flatten_params, setting_params
+from .records import expected_text, flatten_params, setting_text
 from .tables import write_csv
 
 SAVE_EVERY = 10
@@ -38,9 +38,7 @@ def ocr_images(
     returns the rows engine by engine, each in record order."""
     engines = engine_list(engine)
     base_dir, per_image_csv = Path(base_dir), Path(per_image_csv)
-    param_keys = sorted({key for r in records for key in flatten_params(r.get("params") or {})})
-    columns = ["image", "model", "method", "seed", "setting", *[f"param.{k}" for k in param_keys]]
-    columns += ["prompt", "expected_text", "engine", "ocr_text", *OCR_METRICS, "error"]
+    columns = per_image_columns(records, ocr=True)
     rows: dict[tuple[str, str], dict] = {}  # (engine, image) -> row
     pending: dict[str, list] = {}
     for eng in engines:
@@ -86,6 +84,21 @@ def _read(engine: OCREngine, record: dict, expected: list[str], path: Path) -> d
     return _row(record, expected, engine.name, ocr_text=text)
 
 
+def image_rows(records: Sequence[dict], base_dir: str | os.PathLike) -> list[dict]:
+    """The rows of an evaluation without OCR: one per record, ``engine`` empty, ``error`` naming a missing or
+    unreadable image."""
+    return [_row(record, expected_text(record), "", error=image_problem(Path(base_dir) / record["image"]))
+            for record in records]
+
+
+def per_image_columns(records: Sequence[dict], ocr: bool, extra: Sequence[str] = ()) -> list[str]:
+    """The per_image.csv columns: the record's, the OCR columns when ``ocr``, ``extra`` (the scorers'), ``error``."""
+    param_keys = sorted({key for r in records for key in flatten_params(r.get("params") or {})})
+    columns = ["image", "model", "method", "seed", "setting", *[f"param.{k}" for k in param_keys]]
+    columns += ["prompt", "expected_text", "engine", *(["ocr_text", *OCR_METRICS] if ocr else []), *extra, "error"]
+    return columns
+
+
 def engine_list(engine: OCREngine | Sequence[OCREngine]) -> list[OCREngine]:
     """One engine or several as a list; several must have distinct names (the rows' key)."""
     engines = list(engine) if isinstance(engine, (list, tuple)) else [engine]
@@ -127,21 +140,22 @@ def _scores(record: dict, ocr_text: str, expected: list[str]) -> dict[str, float
 
 
 def _row(record: dict, expected: list[str], engine_name: str, ocr_text: str | None = None, error: str = "") -> dict:
-    """One per_image.csv row; metrics only when there is no error."""
+    """One per_image.csv row; OCR metrics only for an engine's row without error."""
     params = flatten_params(record.get("params") or {})
     row = {
         "image": record["image"],
         "model": record.get("model", ""),
         "method": record["method"],
         "seed": record.get("seed"),
-        "setting": ", ".join(f"{k}={v}" for k, v in setting_params(params).items()),
+        "setting": setting_text(params),
         **{f"param.{k}": v for k, v in params.items()},
         "prompt": record["prompt"],
         "expected_text": " | ".join(expected),
         "engine": engine_name,
-        "ocr_text": ocr_text,
         "error": error,
     }
-    if not error:
-        row.update(_scores(record, ocr_text, expected))
+    if engine_name:
+        row["ocr_text"] = ocr_text
+        if not error:
+            row.update(_scores(record, ocr_text, expected))
     return row

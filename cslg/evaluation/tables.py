@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -23,9 +24,13 @@ AGREEMENT = ("text_agreement", "exact_match_agreement")
 AGREEMENT_COLUMNS = ("ocr_text", "exact_match", "ocr_similarity")
 
 
-def summarize(rows: Sequence[dict], n_bootstrap: int = 1000, seed: int = 0) -> list[dict]:
+def summarize(rows: Sequence[dict], n_bootstrap: int = 1000, seed: int = 0, columns: Sequence[str] = (),
+              set_level: dict[tuple[str, str, str], dict[str, float]] | None = None) -> list[dict]:
     """One summary.csv row per (engine, model, method, setting), in order of first appearance;
-    with several engines, each row also carries that setting's engine agreement."""
+    with several engines, each row also carries that setting's engine agreement. Rows without an
+    engine (no OCR) get no OCR columns. Each scorer column of ``columns`` adds ``<column>_mean``,
+    ``_lo``, ``_hi`` (over the rows that have a value) and ``<column>_n``; ``set_level`` maps a
+    (model, method, setting) to its set-level values (FID...), added as they are."""
     settings = {_group_key(row): _setting_of(row) for row in rows}
     setting_keys = sorted({key for setting in settings.values() for key in setting})
     labels = _engine_labels(rows)
@@ -38,10 +43,16 @@ def summarize(rows: Sequence[dict], n_bootstrap: int = 1000, seed: int = 0) -> l
                                "label": labels[(engine, *key)], "setting": key[2]}
         out.update({f"param.{k}": settings[key].get(k) for k in setting_keys})
         out.update(n=len(scored), n_errors=len(members) - len(scored))
-        for metric in OCR_METRICS:
-            out.update(_stats(metric, bootstrap_ci([r[metric] for r in scored], n_bootstrap, seed)))
-        precision, recall = ([r[m] for r in scored] for m in ("word_precision", "word_recall"))
-        out.update(_stats(MARIO_F_MEASURE, bootstrap_f_measure(precision, recall, n_bootstrap, seed), mean=""))
+        if engine:
+            for metric in OCR_METRICS:
+                out.update(_stats(metric, bootstrap_ci([r[metric] for r in scored], n_bootstrap, seed)))
+            precision, recall = ([r[m] for r in scored] for m in ("word_precision", "word_recall"))
+            out.update(_stats(MARIO_F_MEASURE, bootstrap_f_measure(precision, recall, n_bootstrap, seed), mean=""))
+        for column in columns:
+            values = [r[column] for r in members if _number(r.get(column)) is not None]
+            out.update(_stats(column, bootstrap_ci(values, n_bootstrap, seed)))
+            out[f"{column}_n"] = len(values)
+        out.update({k: round(v, 4) for k, v in (set_level or {}).get(key, {}).items()})
         if agreed:
             both = [a for a in agreed.get(key, []) if not a["error"]]
             for measure in AGREEMENT:
@@ -102,21 +113,97 @@ def per_prompt(rows: Sequence[dict]) -> list[dict]:
     ]
 
 
-def format_summary(summary: Sequence[dict]) -> str:
-    """A short text table of the summary: n, errors, ocr_similarity with CI, word_f1, and the
-    engines' agreement when there is one."""
+def format_summary(summary: Sequence[dict], columns: Sequence[str] = (), set_level: Sequence[str] = ()) -> str:
+    """A short text table of the summary: n, errors, ocr_similarity with CI and word_f1 (rows with
+    OCR), the engines' agreement when there is one, each scorer column's mean with CI and each
+    set-level value."""
+
+    def line(s: dict) -> str:
+        parts = [f"{s['label']:<{width}}  n={s['n']:<4} errors={s['n_errors']:<3}"]
+        if "ocr_similarity_mean" in s:
+            parts.append(f"ocr_similarity {_ci_text(s, 'ocr_similarity')}  word_f1 {s['word_f1_mean']:.3f}")
+        if "text_agreement_mean" in s:
+            parts.append(f"engines agree: text {s['text_agreement_mean']:.3f}, "
+                         f"exact_match {s['exact_match_agreement_mean']:.3f}")
+        parts += [f"{column} {_ci_text(s, column)}" for column in columns if f"{column}_mean" in s]
+        parts += [f"{key} {s[key]:.3f}" for key in set_level if _number(s.get(key)) is not None]
+        return "  ".join(parts)
+
     width = max(len(s["label"]) for s in summary)
-    return "\n".join(
-        f"{s['label']:<{width}}  n={s['n']:<4} errors={s['n_errors']:<3} "
-        f"ocr_similarity {s['ocr_similarity_mean']:.3f} [{s['ocr_similarity_lo']:.3f}, {s['ocr_similarity_hi']:.3f}]  "
-        f"word_f1 {s['word_f1_mean']:.3f}"
-        + (
-            f"  engines agree: text {s['text_agreement_mean']:.3f}, exact_match {s['exact_match_agreement_mean']:.3f}"
-            if "text_agreement_mean" in s
-            else ""
-        )
-        for s in summary
-    )
+    return "\n".join(map(line, summary))
+
+
+def _ci_text(s: dict, name: str) -> str:
+    return f"{s[f'{name}_mean']:.3f} [{s[f'{name}_lo']:.3f}, {s[f'{name}_hi']:.3f}]"
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (empty, NaN, not a number)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def paired(rows: Sequence[dict], measures: dict[str, bool], baseline: str = "cfg", n_bootstrap: int = 1000,
+           seed: int = 0) -> list[dict]:
+    """paired.csv: each method setting against the ``baseline`` method on the same model, prompt and seed, per
+    measure (``measures``: column -> higher is better). OCR metrics are paired engine by engine, scorer columns on
+    the first engine's rows (their values are the same on every engine's row).
+
+    A setting is paired with every baseline setting of its model that agrees with it on the params both have
+    (e.g. the same ``cfg_scale`` and steps); when none agrees, with every baseline setting of its model. Images
+    whose (prompt, seed) is not unique on either side are left out. Each row: the measure (and engine), model,
+    method, label, setting, baseline label and setting, ``n_pairs``, ``win_rate`` (the share of pairs where the
+    method is better, ties counting one half) and ``mean_diff`` (method - baseline), each with its 95% bootstrap
+    CI (``_lo``, ``_hi``; ``bootstrap_ci`` over the pairs), and ``higher_is_better``."""
+    engines = _engine_names(rows)
+    labels = _labels(rows)
+    out = []
+    for measure, higher in measures.items():
+        for engine in engines if measure in OCR_METRICS else engines[:1]:
+            usable = [r for r in rows if r["engine"] == engine and _number(r.get(measure)) is not None]
+            groups = _groups(usable)
+            for key, members in groups.items():
+                model, method, _ = key
+                if method == baseline:
+                    continue
+                for base_key in _baseline_settings(key, groups, baseline):
+                    diffs, wins = _pair(members, groups[base_key], measure, higher)
+                    row = {"measure": measure, "engine": engine, "model": model, "method": method,
+                           "label": labels[key], "setting": key[2], "baseline": labels[base_key],
+                           "baseline_setting": base_key[2], "n_pairs": len(diffs)}
+                    row.update(_stats("win_rate", bootstrap_ci(wins, n_bootstrap, seed), mean=""))
+                    row.update(_stats("mean_diff", bootstrap_ci(diffs, n_bootstrap, seed), mean=""))
+                    out.append({**row, "higher_is_better": higher})
+    return out
+
+
+def _baseline_settings(key: tuple[str, str, str], groups: dict[tuple, list[dict]], baseline: str) -> list[tuple]:
+    """The baseline groups ``key`` is paired with (see ``paired``)."""
+    candidates = [k for k in groups if k[0] == key[0] and k[1] == baseline]
+    setting = _setting_of(groups[key][0])
+
+    def agrees(k: tuple) -> bool:
+        other = _setting_of(groups[k][0])
+        return all(other[p] == setting[p] for p in other.keys() & setting.keys())
+
+    return [k for k in candidates if agrees(k)] or candidates
+
+
+def _pair(members: Sequence[dict], base: Sequence[dict], measure: str, higher: bool) -> tuple[list[float], list[float]]:
+    """Differences (method - baseline) and wins (1, 1/2 for a tie, 0) over the images with the same prompt and seed."""
+
+    def unique(group: Sequence[dict]) -> dict[tuple, float]:
+        keys = [(r["prompt"], str(r.get("seed"))) for r in group]
+        counts = Counter(keys)
+        return {k: float(r[measure]) for k, r in zip(keys, group) if counts[k] == 1}
+
+    ours, theirs = unique(members), unique(base)
+    diffs = [ours[k] - theirs[k] for k in ours if k in theirs]
+    wins = [0.5 if d == 0 else float((d > 0) == higher) for d in diffs]
+    return diffs, wins
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict], columns: Sequence[str] | None = None) -> Path:

@@ -20,6 +20,7 @@ from .base import MissingModelError, Scorer, SetScorer
 
 # scorer name -> (module, class); modules are imported on first use (each may need an optional package)
 REGISTRY: dict[str, tuple[str, str]] = {
+    "clip": ("clip", "CLIPScore"),
     "hands": ("hands", "Hands"),
     "fid": ("fid", "FID"),
     "kid": ("kid", "KID"),

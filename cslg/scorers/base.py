@@ -111,7 +111,8 @@ class Scorer:
 
 class SetScorer(Scorer):
     """A set-level measure (FID, KID): ``score_set(images, reference) -> dict`` of the set's values, where
-    ``reference`` is a list of PIL images or a folder of images."""
+    ``images`` is a sequence of PIL images (the evaluation passes one that opens each image when indexed or sliced:
+    read it in slices, do not hold it all) and ``reference`` a list of PIL images or a folder of images."""
 
     needs_prompts: ClassVar[bool] = False
 

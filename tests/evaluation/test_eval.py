@@ -122,7 +122,8 @@ def test_end_to_end_with_easyocr_then_resume(tmp_path, eval_script):
     result = eval_script.main(["--run", str(run), "--no-gpu", "--bootstrap", "200"])
 
     out = run / "eval"
-    assert {p.name for p in out.iterdir()} == {"per_image.csv", "summary.csv", "per_prompt.csv", "methods_bar.png"}
+    assert {p.name for p in out.iterdir()} == {"per_image.csv", "summary.csv", "per_prompt.csv", "methods_bar.png",
+                                             "paired.csv", "eval.json"}
     assert result.files["summary"] == out / "summary.csv"
     per_image = read_csv(out / "per_image.csv")
     assert len(per_image) == 8
