@@ -1,0 +1,46 @@
+"""Finding a scorer's released checkpoint file (a head, a state dict) as the user has it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .base import Scorer
+
+
+def checkpoint_file(scorer: Scorer, filename: str) -> Path:
+    """The checkpoint ``filename`` of ``scorer.model``: the path itself when it is a file, ``filename`` inside it
+    when it is a folder, else ``filename`` in the Hub repository ``scorer.model`` (downloaded once, then cached).
+    A file that cannot be found raises the scorer's one-line ``MissingModelError``."""
+    path = Path(scorer.model)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        if (path / filename).is_file():
+            return path / filename
+        raise scorer.missing(f"no {filename} in the folder")
+    from transformers.utils import cached_file
+
+    try:
+        return Path(cached_file(scorer.model, filename))
+    except (OSError, ValueError) as e:
+        raise scorer.missing(e) from None
+
+
+def load_state_dict(scorer: Scorer, file: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file or a ``torch.save`` file (tensors only: ``weights_only``); a file
+    holding ``{"state_dict": ...}`` (a training checkpoint) gives that dict."""
+    try:
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(file))
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: one line naming it
+        raise scorer.missing(f"{file.name} is not a readable checkpoint: {e}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise scorer.missing(f"{file.name} holds no state dict of tensors")
+    return state
