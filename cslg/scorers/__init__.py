@@ -21,6 +21,7 @@ from .base import MissingModelError, Scorer, SetScorer
 # scorer name -> (module, class); modules are imported on first use (each may need an optional package)
 REGISTRY: dict[str, tuple[str, str]] = {
     "aesthetic-v1": ("aesthetic_v1", "AestheticV1"),
+    "aesthetic-v2": ("aesthetic_v2", "AestheticV2"),
 }
 
 
