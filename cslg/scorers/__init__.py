@@ -22,6 +22,7 @@ from .base import MissingModelError, Scorer, SetScorer
 REGISTRY: dict[str, tuple[str, str]] = {
     "aesthetic-v1": ("aesthetic_v1", "AestheticV1"),
     "aesthetic-v2": ("aesthetic_v2", "AestheticV2"),
+    "pickscore": ("pickscore", "PickScore"),
 }
 
 

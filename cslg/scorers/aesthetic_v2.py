@@ -25,8 +25,8 @@ from torch import nn
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from .aesthetic_v1 import normalised_image_embeds, tiny_image_processor, tiny_vision_config
-from .base import MissingModelError, Scorer
-from .files import checkpoint_file, load_state_dict
+from .base import Scorer
+from .files import checkpoint_file, companion_missing, load_state_dict
 
 HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 LINEAR_INDICES = (0, 2, 4, 6, 7)  # nn.Sequential(Linear, Dropout, Linear, Dropout, Linear, Dropout, Linear, Linear)
@@ -71,10 +71,7 @@ class AestheticV2(Scorer):
             self.vision = CLIPVisionModelWithProjection.from_pretrained(clip).to(self.device, self.dtype).eval()
             self.processor = CLIPImageProcessor.from_pretrained(clip)
         except (OSError, ValueError) as e:
-            raise MissingModelError(
-                f"{self.name}: cannot load the CLIP model {clip!r} ({str(e).strip().splitlines()[0][:160]}); put a "
-                f"save_pretrained copy of {self.default_clip} and {HEAD_FILE} in one folder and pass it with "
-                f"--{self.name}-model PATH") from None
+            raise companion_missing(self, clip, f"{self.default_clip} (with {HEAD_FILE})", e) from None
         if self.vision.config.projection_dim != head[0].in_features:
             raise self.missing(f"the head takes {head[0].in_features}-d embeddings but {clip!r} gives "
                                f"{self.vision.config.projection_dim}-d ones")

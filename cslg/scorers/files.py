@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .base import Scorer
+from .base import MissingModelError, Scorer
 
 
 def checkpoint_file(scorer: Scorer, filename: str) -> Path:
@@ -44,3 +44,10 @@ def load_state_dict(scorer: Scorer, file: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise scorer.missing(f"{file.name} holds no state dict of tensors")
     return state
+
+
+def companion_missing(scorer: Scorer, companion: str, default: str, error: BaseException) -> MissingModelError:
+    """The one-line error for a model a scorer loads beside its own (a head's CLIP, a checkpoint's processor)."""
+    reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    return MissingModelError(f"{scorer.name}: cannot load {companion!r} ({reason}); put a save_pretrained copy of "
+                             f"{default} in the model's folder and pass it with --{scorer.name}-model PATH")
