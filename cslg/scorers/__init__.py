@@ -23,6 +23,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "aesthetic-v1": ("aesthetic_v1", "AestheticV1"),
     "aesthetic-v2": ("aesthetic_v2", "AestheticV2"),
     "pickscore": ("pickscore", "PickScore"),
+    "hpsv2": ("hpsv2", "HPSv2"),
 }
 
 

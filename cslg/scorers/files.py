@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -25,7 +27,10 @@ def checkpoint_file(scorer: Scorer, filename: str) -> Path:
     try:
         return Path(cached_file(scorer.model, filename))
     except (OSError, ValueError) as e:
-        raise scorer.missing(e) from None
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise MissingModelError(f"{scorer.name}: cannot load model {scorer.model!r} ({reason}); download it where "
+                                f"there is network (`hf download {scorer.model} {filename}`) and pass the file "
+                                f"with --{scorer.name}-model PATH") from None
 
 
 def load_state_dict(scorer: Scorer, file: Path) -> dict[str, torch.Tensor]:
@@ -51,3 +56,12 @@ def companion_missing(scorer: Scorer, companion: str, default: str, error: BaseE
     reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
     return MissingModelError(f"{scorer.name}: cannot load {companion!r} ({reason}); put a save_pretrained copy of "
                              f"{default} in the model's folder and pass it with --{scorer.name}-model PATH")
+
+
+def require(scorer: Scorer | type[Scorer], module: str, package: str) -> ModuleType:
+    """The optional ``module`` a scorer needs; its absence is a one-line ``MissingModelError`` naming the install."""
+    try:
+        return import_module(module)
+    except ImportError:
+        raise MissingModelError(f"{scorer.name}: needs the optional package {package}: "
+                                f"pip install 'cslg[scorers]' (or pip install {package})") from None
