@@ -24,6 +24,7 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "aesthetic-v2": ("aesthetic_v2", "AestheticV2"),
     "pickscore": ("pickscore", "PickScore"),
     "hpsv2": ("hpsv2", "HPSv2"),
+    "imagereward": ("imagereward", "ImageReward"),
 }
 
 
