@@ -46,7 +46,7 @@ from transformers import BertTokenizer, BlipTextConfig, BlipTextModel, BlipVisio
 
 from .aesthetic_v2 import LINEAR_INDICES, mlp_head
 from .base import Scorer
-from .files import checkpoint_file, companion_missing, load_state_dict
+from .files import checkpoint_file, companion_missing, load_state_dict, require
 
 CHECKPOINT = "ImageReward.pt"
 MED_CONFIG = "med_config.json"
@@ -115,8 +115,7 @@ class ImageReward(Scorer):
         super().__init__(model=model, device=device, dtype=dtype, batch_size=batch_size)
 
     def load(self) -> None:
-        from torchvision import transforms
-
+        transforms = require(self, "torchvision.transforms", "torchvision")
         file = checkpoint_file(self, CHECKPOINT)
         med = file.parent / MED_CONFIG if Path(self.model).exists() else checkpoint_file(self, MED_CONFIG)
         if not med.is_file():

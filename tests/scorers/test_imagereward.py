@@ -10,7 +10,6 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision import transforms
 from transformers import BertTokenizer
 
 import cslg.scorers
@@ -18,6 +17,8 @@ from cslg.scorers import MissingModelError
 from cslg.scorers.imagereward import CHECKPOINT, MED_CONFIG
 
 from .helpers import PROMPTS, images
+
+transforms = pytest.importorskip("torchvision.transforms", reason="imagereward needs torchvision (cslg[scorers])")
 
 
 @pytest.fixture(scope="module")

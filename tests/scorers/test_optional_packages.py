@@ -10,7 +10,7 @@ import cslg.scorers
 from cslg.scorers import MissingModelError
 
 
-@pytest.mark.parametrize("scorer, module", [("hpsv2", "open_clip")])
+@pytest.mark.parametrize("scorer, module", [("hpsv2", "open_clip"), ("imagereward", "torchvision.transforms")])
 def test_absent_package_is_one_line_naming_the_install(monkeypatch, tmp_path, scorer, module):
     monkeypatch.setitem(sys.modules, module, None)  # makes `import module` raise ImportError
     with pytest.raises(MissingModelError) as e:
