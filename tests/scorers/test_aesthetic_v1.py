@@ -55,3 +55,16 @@ def test_plain_clip_checkpoint_without_head_is_refused(tmp_path):
     tiny_image_processor().save_pretrained(tmp_path)
     with pytest.raises(MissingModelError, match="predictor"):
         cslg.scorers.get("aesthetic-v1", model=tmp_path, device="cpu")
+
+
+def test_equals_the_aesthetics_predictor_package(tiny):
+    """The checkpoint's own class (simple-aesthetics-predictor pins transformers<5, so it is not installed here;
+    put its unpacked wheel on PYTHONPATH to run this)."""
+    package = pytest.importorskip("aesthetics_predictor", reason="simple-aesthetics-predictor is not importable")
+    batch = images(4)
+    reference = package.AestheticsPredictorV1.from_pretrained(tiny).eval()
+    pixels = CLIPImageProcessor.from_pretrained(tiny)(images=batch, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        expected = reference(pixel_values=pixels).logits[:, 0].tolist()
+    scores = cslg.scorers.get("aesthetic-v1", model=tiny, device="cpu").score(batch)
+    assert scores == pytest.approx(expected, rel=1e-6, abs=1e-7)

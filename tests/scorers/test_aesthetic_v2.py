@@ -60,3 +60,18 @@ def test_foreign_head_file_is_refused(tmp_path):
     torch.save({"weight": torch.zeros(1, 16)}, tmp_path / HEAD_FILE)
     with pytest.raises(MissingModelError, match="linearMSE"):
         cslg.scorers.get("aesthetic-v2", model=tmp_path, device="cpu")
+
+
+def test_equals_the_aesthetics_predictor_package(tiny):
+    """simple-aesthetics-predictor's AestheticsPredictorV2Linear with the same CLIP and head (the package pins
+    transformers<5, so it is not installed here; put its unpacked wheel on PYTHONPATH to run this)."""
+    package = pytest.importorskip("aesthetics_predictor", reason="simple-aesthetics-predictor is not importable")
+    batch = images(4)
+    reference = package.AestheticsPredictorV2Linear.from_pretrained(tiny).eval()
+    head = torch.load(tiny / HEAD_FILE, weights_only=True)
+    reference.layers.load_state_dict({k.removeprefix("layers."): v for k, v in head.items()})
+    pixels = CLIPImageProcessor.from_pretrained(tiny)(images=batch, return_tensors="pt").pixel_values
+    with torch.no_grad():
+        expected = reference(pixel_values=pixels).logits[:, 0].tolist()
+    scores = cslg.scorers.get("aesthetic-v2", model=tiny, device="cpu").score(batch)
+    assert scores == pytest.approx(expected, rel=1e-6, abs=1e-7)
