@@ -6,7 +6,7 @@ head on the L2-normalised CLIP ViT-L/14 image embedding,
     score = w . e / ||e|| + b,     e = visual_projection(pooled ViT-L/14 output)   (CLIP's ``image_embeds``)
 
 on a 1-10 scale of rated aesthetics. The released checkpoint is ``shunk031/aesthetics-predictor-v1-vit-large-patch14``
-(the ``aesthetics-predictor`` package's ``AestheticsPredictorV1``): a ``CLIPVisionModelWithProjection`` whose
+(``AestheticsPredictorV1`` of the ``simple-aesthetics-predictor`` package): a ``CLIPVisionModelWithProjection`` whose
 state dict carries one more module, ``predictor`` (``nn.Linear(projection_dim, 1)``). Its keys therefore map
 one to one: ``vision_model.*`` and ``visual_projection.weight`` to transformers' ``CLIPVisionModelWithProjection``,
 ``predictor.weight`` / ``predictor.bias`` to the head, so the checkpoint loads into transformers' class plus the
