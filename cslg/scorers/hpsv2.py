@@ -6,8 +6,9 @@ Text-to-Image Synthesis", 2023; github.com/tgxs002/HPSv2, ``hpsv2/img_score.py``
     score = cos(E_image(x), E_text(prompt))       (no logit scale: typical values 0.2 - 0.35)
 
 with OpenCLIP's ``ViT-H-14`` holding the released weights ``HPS_v2.1_compressed.pt`` (Hub repository
-``xswu/HPSv2``), OpenCLIP's evaluation transform (224 px bicubic resize of the short side, centre crop, OpenAI mean
-/ std) and its ``ViT-H-14`` tokenizer (77 tokens). Needs the optional package ``open_clip_torch``
+``xswu/HPSv2``), its ``ViT-H-14`` tokenizer (77 tokens) and HPSv2's evaluation transform (the ``hpsv2`` package's
+``image_transform(224, is_train=False)``: the whole image, its longer side resized to 224 px (bicubic, on the
+[0, 1] tensor), padded to a square with black, OpenAI mean / std; not OpenCLIP's default short-side crop). Needs the optional package ``open_clip_torch``
 (``pip install 'cslg[scorers]'``); the ``hpsv2`` package itself pins old test tools and is not needed.
 
 ``model`` is the checkpoint: the file, a folder holding ``HPS_v2.1_compressed.pt``, or a Hub repository with it.
@@ -28,7 +29,25 @@ from .base import Scorer
 from .files import checkpoint_file, require
 
 CHECKPOINT = "HPS_v2.1_compressed.pt"
+OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 ARCHITECTURE = "ViT-H-14"
+
+
+def hps_transform(image, size: int) -> torch.Tensor:
+    """HPSv2's evaluation transform of one RGB PIL image: to a [0, 1] tensor, the longer side resized to ``size``
+    (bicubic, antialiased), centred on a black ``size`` x ``size`` square, normalised with OpenAI's mean / std."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    x = TF.to_tensor(image)
+    height, width = x.shape[1:]
+    scale = size / max(height, width)
+    if scale != 1.0:
+        new = [round(height * scale), round(width * scale)]
+        x = TF.resize(x, new, InterpolationMode.BICUBIC, antialias=True)
+        pad_h, pad_w = size - new[0], size - new[1]
+        x = TF.pad(x, [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=0)
+    return TF.normalize(x, OPENAI_MEAN, OPENAI_STD)
 
 
 class HPSv2(Scorer):
@@ -44,7 +63,7 @@ class HPSv2(Scorer):
         config = file.parent / "open_clip_config.json"
         architecture = f"local-dir:{file.parent}" if config.is_file() else ARCHITECTURE
         try:
-            net, _, self.preprocess = open_clip.create_model_and_transforms(architecture, load_weights=False)
+            net = open_clip.create_model(architecture, load_weights=False)
             open_clip.load_checkpoint(net, str(file), strict=True)
         except Exception as e:  # a foreign or truncated checkpoint, a broken config: one line naming the file
             raise self.missing(f"{file.name} does not load into {architecture} ({type(e).__name__}: "
@@ -54,7 +73,9 @@ class HPSv2(Scorer):
 
     @torch.inference_mode()
     def score_batch(self, images: list, prompts: list[str]) -> list[float]:
-        pixels = torch.stack([self.preprocess(image) for image in images]).to(self.device, self.dtype)
+        size = self.net.visual.image_size
+        size = size[0] if isinstance(size, (tuple, list)) else size
+        pixels = torch.stack([hps_transform(image, size) for image in images]).to(self.device, self.dtype)
         text = self.tokenizer(prompts).to(self.device)
         image_features = self.net.encode_image(pixels, normalize=True).float()
         text_features = self.net.encode_text(text, normalize=True).float()
