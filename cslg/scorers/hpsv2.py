@@ -8,8 +8,9 @@ Text-to-Image Synthesis", 2023; github.com/tgxs002/HPSv2, ``hpsv2/img_score.py``
 with OpenCLIP's ``ViT-H-14`` holding the released weights ``HPS_v2.1_compressed.pt`` (Hub repository
 ``xswu/HPSv2``), its ``ViT-H-14`` tokenizer (77 tokens) and HPSv2's evaluation transform (the ``hpsv2`` package's
 ``image_transform(224, is_train=False)``: the whole image, its longer side resized to 224 px (bicubic, on the
-[0, 1] tensor), padded to a square with black, OpenAI mean / std; not OpenCLIP's default short-side crop). Needs the optional package ``open_clip_torch``
-(``pip install 'cslg[scorers]'``); the ``hpsv2`` package itself pins old test tools and is not needed.
+[0, 1] tensor), padded to a square with black, OpenAI mean / std; not OpenCLIP's default short-side crop). Needs
+the optional package ``open_clip_torch`` (``pip install 'cslg[scorers]'``); the ``hpsv2`` package itself pins old
+test tools and is not needed.
 
 ``model`` is the checkpoint: the file, a folder holding ``HPS_v2.1_compressed.pt``, or a Hub repository with it.
 The architecture is ``ViT-H-14`` unless the folder holds an ``open_clip_config.json`` (OpenCLIP's own format
@@ -29,13 +30,13 @@ from .base import Scorer
 from .files import checkpoint_file, require
 
 CHECKPOINT = "HPS_v2.1_compressed.pt"
-OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 ARCHITECTURE = "ViT-H-14"
 
 
 def hps_transform(image, size: int) -> torch.Tensor:
     """HPSv2's evaluation transform of one RGB PIL image: to a [0, 1] tensor, the longer side resized to ``size``
     (bicubic, antialiased), centred on a black ``size`` x ``size`` square, normalised with OpenAI's mean / std."""
+    from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
@@ -47,7 +48,7 @@ def hps_transform(image, size: int) -> torch.Tensor:
         x = TF.resize(x, new, InterpolationMode.BICUBIC, antialias=True)
         pad_h, pad_w = size - new[0], size - new[1]
         x = TF.pad(x, [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2], fill=0)
-    return TF.normalize(x, OPENAI_MEAN, OPENAI_STD)
+    return TF.normalize(x, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
 
 
 class HPSv2(Scorer):
