@@ -26,6 +26,11 @@ REGISTRY: dict[str, tuple[str, str]] = {
     "kid": ("kid", "KID"),
     "vqascore": ("vqascore", "VQAScore"),
     "vlm-judge": ("vlm_judge", "VLMJudge"),
+    "aesthetic-v1": ("aesthetic_v1", "AestheticV1"),
+    "aesthetic-v2": ("aesthetic_v2", "AestheticV2"),
+    "pickscore": ("pickscore", "PickScore"),
+    "hpsv2": ("hpsv2", "HPSv2"),
+    "imagereward": ("imagereward", "ImageReward"),
 }
 
 
