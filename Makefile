@@ -29,13 +29,15 @@ test: install
 
 demo: install
 	@echo "== step 1: capture activations of prompt pairs (tiny FLUX and tiny SD3.5) =="
-	$(PY) FLUX_LayerExperiment_pairwise.py --model tiny-flux --pairs 8 $(DEMO_SIZE) --out $(DEMO_OUT)/flux_capture.safetensors --save-activations s0
+	$(PY) FLUX_LayerExperiment_pairwise.py --model tiny-flux --pairs 4 $(DEMO_SIZE) --out $(DEMO_OUT)/flux_capture.safetensors --save-activations s0
 	$(PY) SD3_LayerExperiment_pairwise.py --model tiny-sd35 --pairs 8 $(DEMO_SIZE) --out $(DEMO_OUT)/sd35_capture.safetensors
 	$(PY) FLUX_LayerExperiment_pairwise.py --model tiny-flux --pairs 4 $(DEMO_SIZE) --finder ablation --out $(DEMO_OUT)/flux_ablation.safetensors
 	@echo "== step 2: contrastive analysis and layer ranking =="
 	$(PY) visualize.py $(DEMO_OUT)/flux_capture.safetensors --out $(DEMO_OUT)/flux_analysis --dpi 100
 	$(PY) visualize.py $(DEMO_OUT)/sd35_capture.safetensors --out $(DEMO_OUT)/sd35_analysis --dpi 100
 	$(PY) visualize.py $(DEMO_OUT)/flux_ablation.safetensors --out $(DEMO_OUT)/flux_ablation_analysis --dpi 100
+	@echo "== do the contrast and ablation finders agree on the same pairs? =="
+	$(PY) visualize.py $(DEMO_OUT)/flux_capture.safetensors $(DEMO_OUT)/flux_ablation.safetensors --out $(DEMO_OUT)/flux_compare --dpi 100
 	@echo "== step 3: final-experiment grids with the layers from step 2 =="
 	$(PY) FLUX_final_experiments.py --model tiny-flux --limit 3 --seeds 0,1 $(DEMO_SIZE) \
 		--methods none cfg cslg scfg concept --cfg-scales 1,3.5 --cslg-scales 1,2 \
@@ -58,6 +60,13 @@ demo: install
 	@echo "== scorers on tiny random weights (their values exercise the code): CLIP score next to OCR, paired.csv against cfg, scale and trade-off plots =="
 	$(PY) -m cslg.scorers.tiny --out $(DEMO_OUT)/tiny_scorers clip > $(DEMO_OUT)/tiny_scorer_flags
 	$(PY) eval.py --run $(DEMO_OUT)/sd35_run --scorers ocr clip $$(cat $(DEMO_OUT)/tiny_scorer_flags) --tradeoff ocr clip
+	@echo "== a feature other than text: layers of the hands pairs, a grid of hand prompts, CLIP and aesthetic scores =="
+	$(PY) -m cslg capture --model tiny-sd3 --prompts prompt_datasets/hands_pairs.json --pairs 3 $(DEMO_SIZE) --out $(DEMO_OUT)/hands_capture.safetensors
+	$(PY) -m cslg analyse $(DEMO_OUT)/hands_capture.safetensors --out $(DEMO_OUT)/hands_analysis --dpi 100
+	$(PY) -m cslg grid --model tiny-sd3 --prompts prompt_datasets/hands_eval_prompts.json --limit 2 --seeds 0,1 $(DEMO_SIZE) \
+		--methods none cfg cslg --cslg-scales 2 --layers-from $(DEMO_OUT)/hands_analysis/layers.json --top-k 1 --out $(DEMO_OUT)/hands_run
+	$(PY) -m cslg.scorers.tiny --out $(DEMO_OUT)/tiny_scorers clip aesthetic-v1 > $(DEMO_OUT)/tiny_scorer_flags_hands
+	$(PY) -m cslg eval --run $(DEMO_OUT)/hands_run --scorers clip aesthetic-v1 $$(cat $(DEMO_OUT)/tiny_scorer_flags_hands) --tradeoff clip aesthetic-v1
 	$(PY) -m cslg eval --run $(DEMO_OUT)/qwenimage_run
 	$(PY) -m cslg eval --run $(DEMO_OUT)/pixart-sigma_run
 	@echo "demo outputs: $(DEMO_OUT)/ (captures, *_analysis/layers.json and figures, *_run/contact_sheets, *_run/eval)"
