@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo_outputs
-# Tiny-model settings of the demo: small images and few steps; the demo takes about 2.5 minutes on 2 cores after
-# the install (measured: 2 min 24 s with another job running).
+# Tiny-model settings of the demo: small images and few steps; the demo takes about 3 minutes on 2 cores after
+# the install (measured: 2 min 46 s on a quiet machine).
 DEMO_SIZE := --height 64 --width 64 --steps 6 --max-sequence-length 128
 
 # `make paper`: the paper's SD3 table (GPU, real weights); `make paper MODEL=tiny-sd3`: the same recipe on the tiny model.
