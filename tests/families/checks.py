@@ -65,9 +65,10 @@ def check_cslg_equals_identity_blocks(pipe, forward, layers, steps, cfg_scale=4.
     assert (c - c_skip).abs().max() > 1e-3, "skipping changed nothing: the test could not fail"
 
 
-def check_capture_cosine(pipe, name, forward, atol=1e-5, image_of=lambda x: x):
-    """``image_of``: the image tokens of a block's image output (default: all of it)."""
-    adapter = adapter_for(pipe)
+def check_capture_cosine(pipe, name, forward, atol=1e-5, image_of=lambda x: x, adapter=None):
+    """``image_of``: the image tokens of a block's image output (default: all of it); ``adapter``: default
+    ``adapter_for(pipe)`` (a video family's adapter with few frames, say)."""
+    adapter = adapter or adapter_for(pipe)
     pair = PromptPair("a dog on a sidewalk", "a dog wearing a tag that says 'buddy'")
     config = CaptureConfig(model=name, prompts_file="-", pairs=1, steps=2, seed=SEED, height=H, width=W,
                            guidance=1.0, max_sequence_length=MSL)

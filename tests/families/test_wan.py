@@ -11,13 +11,12 @@ from diffusers import WanPipeline, WanTransformer3DModel
 from transformers import UMT5EncoderModel
 
 import cslg
-from cslg.capture import CaptureConfig, capture_pair
 from cslg.families import LatentLayout, adapter_for, build_tiny
 from cslg.guidance.executor import Executor
 from cslg.guidance.sampling import prepare, sample
 from cslg.guidance.skip import skip_blocks
 from cslg.methods import APG, CFG, CSLG, PAG, SCFG, CFGZeroStar, ConceptDiffusion, NoGuidance, Request, SkippedNegativeSLG, Step
-from cslg.prompts import PromptPair
+from .checks import check_capture_cosine
 
 from ..helpers import tiny
 
@@ -89,27 +88,7 @@ def test_cslg_equals_identity_blocks_in_the_diffusers_forward(layers):
 
 
 def test_capture_cosine_equals_separate_forwards_at_step_zero():
-    pipe = tiny("tiny-wan")
-    adapter = _adapter()
-    pair = PromptPair("a dog on a sidewalk", "a dog wearing a tag that says 'buddy'")
-    config = CaptureConfig(model="tiny-wan", prompts_file="-", pairs=1, steps=2, seed=SEED, height=H, width=W,
-                           guidance=1.0, max_sequence_length=MSL)
-    cosine = capture_pair(adapter, pair, config)["cosine"][0]
-    run = prepare(adapter, {"a": pair.negative, "b": pair.positive}, SEED, 2, H, W, MSL)
-    outputs: list[list[torch.Tensor]] = [[], []]
-    for row in (0, 1):
-        hooks = [block.register_forward_hook(lambda m, a, out, row=row: outputs[row].append(out))
-                 for _, block, _ in adapter.blocks]
-        try:
-            with torch.no_grad():
-                _diffusers_forward(pipe, run, run.timesteps[0], row)
-        finally:
-            for hook in hooks:
-                hook.remove()
-    expected = torch.stack([torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
-                            for a, b in zip(*outputs, strict=True)])
-    torch.testing.assert_close(cosine, expected, atol=1e-5, rtol=1e-5)
-    assert expected.min() < 0.9999, "the prompts gave equal activations: the test could not fail"
+    check_capture_cosine(tiny("tiny-wan"), "tiny-wan", _diffusers_forward, adapter=_adapter())
 
 
 def test_the_other_methods_run_and_guide():
